@@ -1,0 +1,129 @@
+"""Safe, strict loading of Meta's SAM2 / SAM2.1 checkpoints and recognition of the variant.
+
+A checkpoint is `torch.save({"model": state_dict})`. It is read with `weights_only=True`
+(no code in the file is ever run) and must match the model key for key, shape for shape.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError
+from .configs import CONFIGS, ModelConfig, get_config
+from .devices import resolve_device
+from .model import Sam2Model
+
+# (trunk embed dim, number of Hiera blocks) -> size letter
+_SIZES = {(96, 12): "t", (96, 16): "s", (112, 24): "b+", (144, 48): "l"}
+_HINT = "Get an official file with `napari-sam2 models download sam2.1_hiera_tiny` (or another name from `napari-sam2 models list`)."
+
+
+def read_state_dict(path) -> dict:
+    """The state dict inside a checkpoint file, with errors a user can act on."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"No checkpoint file at {path}. {_HINT}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file. Give the path of the .pt file.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"The checkpoint file {path} is empty (an interrupted download?). Delete it and download it again.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors, so it is not an official SAM2 checkpoint "
+                f"and is not loaded (loading it could run code from the file). {_HINT}"
+            ) from None
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)}). {_HINT}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        msg = _first_line(exc)
+        if any(s in msg for s in ("central directory", "zip archive", "unexpected EOF", "Ran out of input", "truncated")):
+            raise CheckpointError(
+                f"The checkpoint file {path} is truncated or corrupt ({msg}). Delete it and download it again."
+            ) from None
+        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint ({msg}). {_HINT}") from None
+    return _unwrap(ckpt, path)
+
+
+def _first_line(exc) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _unwrap(ckpt, path) -> dict:
+    state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is a PyTorch file but not a SAM2 checkpoint (no model weights inside). {_HINT}")
+    if "image_encoder.trunk.pos_embed" not in state:
+        if any(k.startswith(("mask_decoder.", "prompt_encoder.")) for k in state) or "image_encoder.patch_embed.proj.weight" in state:
+            raise CheckpointError(
+                f"{path} is a SAM (v1, segment-anything) checkpoint. napari-sam2 needs a SAM2 or SAM2.1 "
+                f"checkpoint, which also tracks objects through stacks. {_HINT}"
+            )
+        raise CheckpointError(f"{path} holds weights of some other model, not SAM2. {_HINT}")
+    return state
+
+
+def detect_variant(state: dict) -> str:
+    """The variant name (e.g. 'sam2.1_hiera_t') that a state dict belongs to."""
+    embed_dim = state["image_encoder.trunk.pos_embed"].shape[1]
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k))}
+    size = _SIZES.get((embed_dim, len(blocks)))
+    if size is None:
+        raise CheckpointError(
+            f"This SAM2-like checkpoint has a Hiera trunk (embed dim {embed_dim}, {len(blocks)} blocks) "
+            f"that matches none of the official variants ({', '.join(CONFIGS)})."
+        )
+    version = "sam2.1" if "no_obj_embed_spatial" in state else "sam2"
+    return f"{version}_hiera_{size}"
+
+
+def _mismatch_report(model: torch.nn.Module, state: dict) -> str:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
+    return "; ".join(parts)
+
+
+def build_model(config) -> Sam2Model:
+    """An (untrained) model of a variant: a name or a ModelConfig."""
+    cfg = config if isinstance(config, ModelConfig) else get_config(config)
+    return Sam2Model(cfg)
+
+
+def load_model(checkpoint, device="auto", config=None) -> Sam2Model:
+    """Load a Meta SAM2 / SAM2.1 `.pt` checkpoint into our model, in eval mode, on `device`.
+
+    `config` (a variant name or ModelConfig) is worked out from the file when None; when
+    given it must match the file.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)) and not Path(checkpoint).exists() and not str(checkpoint).endswith(".pt"):
+        from ..models import model_path  # a registry name such as "sam2.1_hiera_tiny"
+
+        checkpoint = model_path(checkpoint)
+    state = read_state_dict(checkpoint)
+    detected = detect_variant(state)
+    cfg = get_config(detected) if config is None else (config if isinstance(config, ModelConfig) else get_config(config))
+    if config is not None and cfg.name in CONFIGS and cfg.name != detected:
+        raise CheckpointError(
+            f"The checkpoint {checkpoint} is a {detected} model, but config {cfg.name} was requested. "
+            f"Pass config={detected!r} or leave config out to detect it."
+        )
+    target = resolve_device(device)
+    model = build_model(cfg)
+    problems = _mismatch_report(model, state)
+    if problems:
+        raise CheckpointError(f"The checkpoint {checkpoint} does not fit {cfg.name}: {problems}.")
+    model.load_state_dict(state, strict=True)
+    return model.to(target).eval()

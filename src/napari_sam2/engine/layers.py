@@ -1,0 +1,213 @@
+"""Building blocks shared by the SAM2 modules: MLPs, norms, attention, position encodings.
+
+Module and attribute names follow the official checkpoints' key names, so that a
+checkpoint's state_dict loads strictly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """`num_layers` linear layers with an activation between them (keys `layers.i`)."""
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers, activation=nn.ReLU, sigmoid_output=False):
+        super().__init__()
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+        self.act = activation()
+        self.sigmoid_output = sigmoid_output
+
+    def forward(self, x):
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < last:
+                x = self.act(x)
+        return torch.sigmoid(x) if self.sigmoid_output else x
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of an NCHW tensor."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x):
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def _split_heads(x, num_heads):
+    b, n, c = x.shape
+    return x.reshape(b, n, num_heads, c // num_heads).transpose(1, 2)
+
+
+def _merge_heads(x):
+    b, h, n, c = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * c)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with optional down-projection (SAM's decoder attention).
+
+    Runs on `scaled_dot_product_attention`, which picks fused kernels on CUDA.
+    """
+
+    def __init__(self, embedding_dim, num_heads, downsample_rate=1, kv_in_dim=None):
+        super().__init__()
+        kv_in_dim = kv_in_dim or embedding_dim
+        self.internal_dim = embedding_dim // downsample_rate
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
+        self.k_proj = nn.Linear(kv_in_dim, self.internal_dim)
+        self.v_proj = nn.Linear(kv_in_dim, self.internal_dim)
+        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+
+    def _project(self, q, k, v):
+        q = _split_heads(self.q_proj(q), self.num_heads)
+        k = _split_heads(self.k_proj(k), self.num_heads)
+        v = _split_heads(self.v_proj(v), self.num_heads)
+        return q, k, v
+
+    def forward(self, q, k, v):
+        q, k, v = self._project(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(_merge_heads(out))
+
+
+def axial_rope_angles(dim: int, end_x: int, end_y: int, theta: float = 10000.0):
+    """Rotation angles (end_x*end_y, dim//2) of 2D axial RoPE: first half x, second half y."""
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 4)[: dim // 4].float() / dim))
+    t = torch.arange(end_x * end_y, dtype=torch.float32)
+    t_x = (t % end_x).float()
+    t_y = torch.div(t, end_x, rounding_mode="floor").float()
+    return torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    """Rotate consecutive channel pairs of x (..., n, dim) by angles given as cos/sin (n, dim//2).
+
+    Written with real arithmetic (no complex tensors) so that it runs on MPS and under bf16.
+    """
+    dtype = x.dtype
+    x = x.float().reshape(*x.shape[:-1], -1, 2)
+    re, im = x[..., 0], x[..., 1]
+    out = torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)
+    return out.flatten(-2).to(dtype)
+
+
+class RoPEAttention(Attention):
+    """Attention with 2D rotary position encoding on queries and keys (memory attention).
+
+    With `rope_k_repeat` the keys hold several frames' worth of the query grid and the
+    rotation repeats per frame; the last `num_k_exclude_rope` keys (object pointers)
+    get no rotation.
+    """
+
+    def __init__(self, *args, rope_theta=10000.0, rope_k_repeat=False, feat_sizes=(64, 64), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rope_theta = rope_theta
+        self.rope_k_repeat = rope_k_repeat
+        self._set_grid(*feat_sizes)
+
+    def _set_grid(self, end_x, end_y):
+        angles = axial_rope_angles(self.internal_dim // self.num_heads, end_x, end_y, self.rope_theta)
+        self.register_buffer("rope_cos", torch.cos(angles), persistent=False)
+        self.register_buffer("rope_sin", torch.sin(angles), persistent=False)
+
+    def forward(self, q, k, v, num_k_exclude_rope: int = 0):
+        q, k, v = self._project(q, k, v)
+        n_q = q.shape[-2]
+        if self.rope_cos.shape[0] != n_q:
+            side = math.isqrt(n_q)
+            self._set_grid(side, side)
+        cos, sin = self.rope_cos.to(q.device), self.rope_sin.to(q.device)
+        q = apply_rope(q, cos, sin)
+        num_k_rope = k.shape[-2] - num_k_exclude_rope
+        if num_k_rope > 0:
+            repeat = num_k_rope // n_q if self.rope_k_repeat else 1
+            k_rot = apply_rope(k[:, :, :num_k_rope], cos.repeat(repeat, 1), sin.repeat(repeat, 1))
+            k = torch.cat([k_rot, k[:, :, num_k_rope:]], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(_merge_heads(out))
+
+
+class PositionEmbeddingSine(nn.Module):
+    """The DETR-style normalised sine/cosine position encoding of a feature map (NCHW)."""
+
+    def __init__(self, num_pos_feats: int, temperature: int = 10000):
+        super().__init__()
+        self.num_pos_feats = num_pos_feats // 2
+        self.temperature = temperature
+        self.scale = 2 * math.pi
+        self._cache: dict = {}
+
+    def _encode(self, h, w, device):
+        y_embed = torch.arange(1, h + 1, dtype=torch.float32, device=device).view(1, -1, 1).repeat(1, 1, w)
+        x_embed = torch.arange(1, w + 1, dtype=torch.float32, device=device).view(1, 1, -1).repeat(1, h, 1)
+        eps = 1e-6
+        y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
+        x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=device)
+        dim_t = self.temperature ** (2 * (dim_t // 2) / self.num_pos_feats)
+        pos_x = x_embed[:, :, :, None] / dim_t
+        pos_y = y_embed[:, :, :, None] / dim_t
+        pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
+        pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
+        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
+
+    def forward(self, x):
+        key = (x.shape[-2], x.shape[-1], x.device)
+        if key not in self._cache:
+            self._cache[key] = self._encode(x.shape[-2], x.shape[-1], x.device)
+        return self._cache[key].expand(x.shape[0], -1, -1, -1).to(x.dtype)
+
+
+class PositionEmbeddingRandom(nn.Module):
+    """Random Fourier features of (x, y) in [0, 1] (the prompt encoder's position encoding)."""
+
+    def __init__(self, num_pos_feats: int = 128):
+        super().__init__()
+        self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
+
+    def _pe_encoding(self, coords):
+        coords = 2 * coords - 1
+        coords = coords @ self.positional_encoding_gaussian_matrix
+        coords = 2 * math.pi * coords
+        return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
+
+    def forward(self, size):
+        h, w = size
+        grid = torch.ones((h, w), device=self.positional_encoding_gaussian_matrix.device, dtype=torch.float32)
+        y_embed = (grid.cumsum(dim=0) - 0.5) / h
+        x_embed = (grid.cumsum(dim=1) - 0.5) / w
+        pe = self._pe_encoding(torch.stack([x_embed, y_embed], dim=-1))
+        return pe.permute(2, 0, 1)
+
+    def forward_with_coords(self, coords, image_size):
+        """coords (B, N, 2) as (x, y) in pixels of an image of size (H, W)."""
+        coords = coords.clone()
+        coords[:, :, 0] = coords[:, :, 0] / image_size[1]
+        coords[:, :, 1] = coords[:, :, 1] / image_size[0]
+        return self._pe_encoding(coords.to(torch.float))
+
+
+def sine_pe_1d(positions, dim: int, temperature: float = 10000.0):
+    """Sine/cosine encoding (N, dim) of scalar positions (N,)."""
+    half = dim // 2
+    dim_t = torch.arange(half, dtype=torch.float32, device=positions.device)
+    dim_t = temperature ** (2 * (dim_t // 2) / half)
+    pe = positions.unsqueeze(-1) / dim_t
+    return torch.cat([pe.sin(), pe.cos()], dim=-1)

@@ -1,0 +1,164 @@
+"""Mask decoder: a two-way transformer between prompt tokens and image features, then
+hypernetwork heads that turn output tokens into masks, IoU estimates and an object score."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import MLP, Attention, LayerNorm2d
+
+
+class TwoWayAttentionBlock(nn.Module):
+    """Token self-attention, token->image, MLP on tokens, image->token."""
+
+    def __init__(self, dim, num_heads, mlp_dim, downsample_rate=2, skip_first_layer_pe=False):
+        super().__init__()
+        self.self_attn = Attention(dim, num_heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn_token_to_image = Attention(dim, num_heads, downsample_rate=downsample_rate)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, mlp_dim, dim, num_layers=2, activation=nn.ReLU)
+        self.norm3 = nn.LayerNorm(dim)
+        self.norm4 = nn.LayerNorm(dim)
+        self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate=downsample_rate)
+        self.skip_first_layer_pe = skip_first_layer_pe
+
+    def forward(self, queries, keys, query_pe, key_pe):
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q, q, queries)
+        queries = self.norm1(queries)
+        q, k = queries + query_pe, keys + key_pe
+        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm3(queries + self.mlp(queries))
+        q, k = queries + query_pe, keys + key_pe
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        return queries, keys
+
+
+class TwoWayTransformer(nn.Module):
+    def __init__(self, depth=2, dim=256, num_heads=8, mlp_dim=2048, downsample_rate=2):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TwoWayAttentionBlock(dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0))
+            for i in range(depth)
+        )
+        self.final_attn_token_to_image = Attention(dim, num_heads, downsample_rate=downsample_rate)
+        self.norm_final_attn = nn.LayerNorm(dim)
+
+    def forward(self, image_embedding, image_pe, point_embedding):
+        image_embedding = image_embedding.flatten(2).permute(0, 2, 1)
+        image_pe = image_pe.flatten(2).permute(0, 2, 1)
+        queries, keys = point_embedding, image_embedding
+        for layer in self.layers:
+            queries, keys = layer(queries, keys, point_embedding, image_pe)
+        q, k = queries + point_embedding, keys + image_pe
+        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        return queries, keys
+
+
+def stability_scores(mask_logits, delta):
+    """Area ratio of the mask thresholded at +delta and at -delta: 1 = insensitive to the threshold."""
+    flat = mask_logits.flatten(-2)
+    inter = (flat > delta).sum(dim=-1).float()
+    union = (flat > -delta).sum(dim=-1).float()
+    return torch.where(union > 0, inter / union, torch.ones_like(inter))
+
+
+class MaskDecoder(nn.Module):
+    def __init__(
+        self,
+        dim=256,
+        num_multimask_outputs=3,
+        dynamic_multimask_via_stability=True,
+        dynamic_multimask_stability_delta=0.05,
+        dynamic_multimask_stability_thresh=0.98,
+    ):
+        super().__init__()
+        self.transformer = TwoWayTransformer(dim=dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.iou_token = nn.Embedding(1, dim)
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
+        self.obj_score_token = nn.Embedding(1, dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(dim, dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(dim // 4, dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
+        self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(dim, 256, self.num_mask_tokens, 3, sigmoid_output=True)
+        self.pred_obj_score_head = MLP(dim, dim, 1, 3)
+        self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
+        self.stability_delta = dynamic_multimask_stability_delta
+        self.stability_thresh = dynamic_multimask_stability_thresh
+
+    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                multimask_output, high_res_features, repeat_image=False):
+        """Returns mask logits (B, M, 4h, 4w), IoU predictions (B, M), the SAM output tokens
+        (B, M', C) for object pointers, and object score logits (B, 1); M = 3 or 1."""
+        masks, iou_pred, mask_tokens_out, object_score_logits = self._predict(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+            high_res_features, repeat_image,
+        )
+        if multimask_output:
+            masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
+            sam_tokens_out = mask_tokens_out[:, 1:]
+        else:
+            if self.dynamic_multimask_via_stability:
+                masks, iou_pred = self._dynamic_multimask(masks, iou_pred)
+            else:
+                masks, iou_pred = masks[:, 0:1], iou_pred[:, 0:1]
+            sam_tokens_out = mask_tokens_out[:, 0:1]
+        return masks, iou_pred, sam_tokens_out, object_score_logits
+
+    def _predict(self, image_embeddings, image_pe, sparse, dense, high_res_features, repeat_image):
+        output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+        if repeat_image:
+            src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0)
+        else:
+            src = image_embeddings
+        src = src + dense
+        pos_src = torch.repeat_interleave(image_pe, tokens.shape[0], dim=0)
+        b, c, h, w = src.shape
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 1, :]
+        mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens, :]
+
+        src = src.transpose(1, 2).reshape(b, c, h, w)
+        up1, norm1, act1, up2, act2 = self.output_upscaling
+        feat_s0, feat_s1 = high_res_features  # batch 1 broadcasts over several prompt sets
+        upscaled = act1(norm1(up1(src) + feat_s1))
+        upscaled = act2(up2(upscaled) + feat_s0)
+
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        iou_pred = self.iou_prediction_head(iou_token_out)
+        object_score_logits = self.pred_obj_score_head(hs[:, 0, :])
+        return masks, iou_pred, mask_tokens_out, object_score_logits
+
+    def _dynamic_multimask(self, all_masks, all_ious):
+        """Keep the single-mask output where it is stable, else the best of the 3 multimask outputs."""
+        multi_masks, multi_ious = all_masks[:, 1:], all_ious[:, 1:]
+        best = torch.argmax(multi_ious, dim=-1)
+        rows = torch.arange(multi_ious.shape[0], device=all_ious.device)
+        best_masks = multi_masks[rows, best].unsqueeze(1)
+        best_ious = multi_ious[rows, best].unsqueeze(1)
+        single_masks, single_ious = all_masks[:, 0:1], all_ious[:, 0:1]
+        stable = stability_scores(single_masks, self.stability_delta) >= self.stability_thresh
+        masks = torch.where(stable[..., None, None].expand_as(single_masks), single_masks, best_masks)
+        ious = torch.where(stable.expand_as(single_ious), single_ious, best_ious)
+        return masks, ious

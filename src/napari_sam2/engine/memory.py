@@ -1,0 +1,112 @@
+"""SAM2's memory: the memory encoder (frame features + predicted mask -> a compact memory)
+and memory attention (current frame features attend to past memories and object pointers)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import LayerNorm2d, PositionEmbeddingSine, RoPEAttention
+
+
+class MaskDownSampler(nn.Module):
+    """Strided 3x3 convolutions (x4 channels each) from the 1024 mask down to the 64 grid."""
+
+    def __init__(self, embed_dim=256, kernel_size=3, stride=2, padding=1, total_stride=16):
+        super().__init__()
+        layers, c_in = [], 1
+        for _ in range(int(math.log2(total_stride) // math.log2(stride))):
+            c_out = c_in * stride**2
+            layers += [nn.Conv2d(c_in, c_out, kernel_size, stride, padding), LayerNorm2d(c_out), nn.GELU()]
+            c_in = c_out
+        layers.append(nn.Conv2d(c_in, embed_dim, kernel_size=1))
+        self.encoder = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.encoder(x)
+
+
+class CXBlock(nn.Module):
+    """ConvNeXt block: depthwise 7x7, LayerNorm, pointwise MLP, layer scale, residual."""
+
+    def __init__(self, dim, kernel_size=7, padding=3):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=padding, groups=dim)
+        self.norm = LayerNorm2d(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        y = self.norm(self.dwconv(x)).permute(0, 2, 3, 1)
+        y = self.gamma * self.pwconv2(self.act(self.pwconv1(y)))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class Fuser(nn.Module):
+    def __init__(self, dim, num_layers=2):
+        super().__init__()
+        self.layers = nn.ModuleList(CXBlock(dim) for _ in range(num_layers))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class MemoryEncoder(nn.Module):
+    def __init__(self, in_dim=256, out_dim=64):
+        super().__init__()
+        self.mask_downsampler = MaskDownSampler(in_dim)
+        self.pix_feat_proj = nn.Conv2d(in_dim, in_dim, kernel_size=1)
+        self.fuser = Fuser(in_dim)
+        self.position_encoding = PositionEmbeddingSine(out_dim)
+        self.out_proj = nn.Conv2d(in_dim, out_dim, kernel_size=1)
+
+    def forward(self, pix_feat, mask_for_mem):
+        """pix_feat (B, C, 64, 64), mask_for_mem (B, 1, 1024, 1024) already scaled -> (features, pos)."""
+        masks = self.mask_downsampler(mask_for_mem)
+        x = self.out_proj(self.fuser(self.pix_feat_proj(pix_feat) + masks))
+        return x, self.position_encoding(x).to(x.dtype)
+
+
+class MemoryAttentionLayer(nn.Module):
+    """Self-attention (RoPE), cross-attention to memory (RoPE on keys except pointers), FFN."""
+
+    def __init__(self, d_model=256, mem_dim=64, dim_feedforward=2048, feat_sizes=(64, 64)):
+        super().__init__()
+        self.self_attn = RoPEAttention(d_model, num_heads=1, feat_sizes=feat_sizes)
+        self.cross_attn_image = RoPEAttention(
+            d_model, num_heads=1, kv_in_dim=mem_dim, rope_k_repeat=True, feat_sizes=feat_sizes
+        )
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(self, tgt, memory, memory_pos, num_k_exclude_rope=0):
+        x = self.norm1(tgt)
+        tgt = tgt + self.self_attn(x, x, x)
+        x = self.norm2(tgt)
+        tgt = tgt + self.cross_attn_image(x, memory + memory_pos, memory, num_k_exclude_rope=num_k_exclude_rope)
+        x = self.norm3(tgt)
+        return tgt + self.linear2(torch.relu(self.linear1(x)))
+
+
+class MemoryAttention(nn.Module):
+    def __init__(self, d_model=256, mem_dim=64, num_layers=4):
+        super().__init__()
+        self.layers = nn.ModuleList(MemoryAttentionLayer(d_model, mem_dim) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=0):
+        """All inputs batch first: curr (B, HW, C), memory (B, M, mem_dim); the last
+        `num_obj_ptr_tokens` memory tokens are object pointers (no RoPE)."""
+        x = curr + 0.1 * curr_pos
+        for layer in self.layers:
+            x = layer(x, memory, memory_pos, num_k_exclude_rope=num_obj_ptr_tokens)
+        return self.norm(x)

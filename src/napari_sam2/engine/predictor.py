@@ -1,0 +1,140 @@
+"""Single-image prediction with the semantics of Meta's SAM2ImagePredictor.
+
+    predictor = ImagePredictor(model)
+    predictor.set_image(rgb_uint8)                      # (H, W, 3)
+    masks, ious, low_res = predictor.predict(point_coords=[[x, y]], point_labels=[1])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .devices import autocast
+from .model import Sam2Model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_rgb01(rgb01: torch.Tensor, image_size: int) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> (3, S, S) model input: antialiased bilinear resize, ImageNet normalisation."""
+    x = rgb01.float()
+    if tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[:, None, None]
+    return (x - mean) / std
+
+
+def _as_array(value, name, dtype=np.float32):
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be numeric, got {type(value).__name__}.") from None
+
+
+class ImagePredictor:
+    """Prompted segmentation of one image; the image embedding is computed once per image."""
+
+    mask_threshold = 0.0
+
+    def __init__(self, model: Sam2Model):
+        self.model = model
+        self._features = None
+        self._orig_hw = None
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @torch.inference_mode()
+    def set_image(self, image: np.ndarray) -> None:
+        """image: RGB uint8 array (H, W, 3) of any size."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"set_image needs an RGB image of shape (H, W, 3); got shape {image.shape}.")
+        if image.dtype != np.uint8:
+            raise InputError(
+                f"set_image needs uint8 RGB values 0-255; got {image.dtype}. Scale the image to 0-255 first "
+                "(napari_sam2.segment_image does this for any dtype)."
+            )
+        rgb01 = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        self.set_model_input(normalize_rgb01(rgb01.to(self.device), self.model.image_size), image.shape[:2])
+
+    @torch.inference_mode()
+    def set_model_input(self, model_input: torch.Tensor, original_size) -> None:
+        """A preprocessed (3, S, S) model input of an image whose original size is (H, W)."""
+        with autocast(self.device):
+            features = self.model.encode_image(model_input[None].to(self.device))
+        self._features = {
+            "image_embed": self.model.features_without_memory(features),
+            "high_res_feats": features.high_res,
+        }
+        self._orig_hw = (int(original_size[0]), int(original_size[1]))
+
+    def reset_image(self) -> None:
+        self._features = None
+        self._orig_hw = None
+
+    def _prompt_tensors(self, point_coords, point_labels, box, mask_input):
+        h, w = self._orig_hw
+        scale = np.array([self.model.image_size / w, self.model.image_size / h], dtype=np.float32)
+        coords = labels = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise InputError("point_labels are needed with point_coords (1 = positive, 0 = negative).")
+            pts = _as_array(point_coords, "point_coords").reshape(-1, 2)
+            lab = _as_array(point_labels, "point_labels", np.int64).reshape(-1)
+            if len(pts) != len(lab):
+                raise InputError(f"{len(pts)} points but {len(lab)} labels: give one label per point.")
+            coords, labels = pts * scale, lab
+        if box is not None:
+            corners = _as_array(box, "box").reshape(-1, 2) * scale
+            if corners.shape[0] != 2:
+                raise InputError("box must be (x0, y0, x1, y1).")
+            box_labels = np.array([2, 3])
+            coords = corners if coords is None else np.concatenate([corners, coords])
+            labels = box_labels if labels is None else np.concatenate([box_labels, labels])
+        dev = self.device
+        coords_t = None if coords is None else torch.as_tensor(coords, dtype=torch.float32, device=dev)[None]
+        labels_t = None if labels is None else torch.as_tensor(labels, dtype=torch.int32, device=dev)[None]
+        mask_t = None
+        if mask_input is not None:
+            m = _as_array(mask_input, "mask_input")
+            if m.shape[-2:] != (256, 256) or m.size != 256 * 256:
+                raise InputError(f"mask_input must be low-res logits of shape (1, 256, 256) from an earlier predict; got {m.shape}.")
+            mask_t = torch.as_tensor(m.reshape(1, 1, 256, 256), device=dev)
+        return coords_t, labels_t, mask_t
+
+    @torch.inference_mode()
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output=True, return_logits=False):
+        """Masks (C, H, W), IoU predictions (C,) and low-res logits (C, 256, 256), C = 3 or 1.
+
+        Coordinates are (x, y) in pixels of the image given to set_image; box is (x0, y0, x1, y1).
+        """
+        if self._features is None:
+            raise InputError("No image set: call set_image(image) before predict().")
+        coords, labels, mask = self._prompt_tensors(point_coords, point_labels, box, mask_input)
+        model = self.model
+        with autocast(self.device):
+            sparse, dense = model.sam_prompt_encoder(
+                points=None if coords is None else (coords, labels), boxes=None, masks=mask
+            )
+            low_res, ious, _, _ = model.sam_mask_decoder(
+                self._features["image_embed"], model.sam_prompt_encoder.get_dense_pe(), sparse, dense,
+                multimask_output=multimask_output, high_res_features=self._features["high_res_feats"],
+            )
+        low_res = low_res.float()
+        masks = F.interpolate(low_res, size=self._orig_hw, mode="bilinear", align_corners=False)
+        low_res = torch.clamp(low_res, -32.0, 32.0)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return (
+            masks[0].float().cpu().numpy(),
+            ious[0].float().cpu().numpy(),
+            low_res[0].cpu().numpy(),
+        )
