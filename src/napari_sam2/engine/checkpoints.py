@@ -32,23 +32,28 @@ def read_state_dict(path) -> dict:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file. Give the path of the .pt file.")
     if path.stat().st_size == 0:
         raise CheckpointError(f"The checkpoint file {path} is empty (an interrupted download?). Delete it and download it again.")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip archive; very old files are a bare pickle (protocol byte 0x80)
+    if not (magic.startswith(b"PK") or magic.startswith(b"\x80")):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (it is not a file written by torch.save). {_HINT}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
-            raise CheckpointError(
-                f"{path} holds Python objects besides tensors, so it is not an official SAM2 checkpoint "
-                f"and is not loaded (loading it could run code from the file). {_HINT}"
-            ) from None
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({_first_line(exc)}). {_HINT}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        msg = _first_line(exc)
-        if any(s in msg for s in ("central directory", "zip archive", "unexpected EOF", "Ran out of input", "truncated")):
-            raise CheckpointError(
-                f"The checkpoint file {path} is truncated or corrupt ({msg}). Delete it and download it again."
-            ) from None
-        raise CheckpointError(f"{path} could not be read as a PyTorch checkpoint ({msg}). {_HINT}") from None
+    except Exception as exc:  # torch raises many types for bad files; each becomes one clear message
+        raise _load_failure(path, exc) from None
     return _unwrap(ckpt, path)
+
+
+def _load_failure(path, exc) -> CheckpointError:
+    msg = _first_line(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" in msg:
+        return CheckpointError(
+            f"{path} holds Python objects besides tensors, so it is not an official SAM2 checkpoint "
+            f"and is not loaded (loading it could run code from the file). {_HINT}"
+        )
+    if any(s in msg for s in ("central directory", "zip archive", "unexpected EOF", "Ran out of input", "truncated")):
+        return CheckpointError(f"The checkpoint file {path} is truncated or corrupt ({msg}). Delete it and download it again.")
+    return CheckpointError(f"{path} could not be read as a PyTorch checkpoint ({msg}). {_HINT}")
 
 
 def _first_line(exc) -> str:

@@ -104,9 +104,11 @@ class ImagePredictor:
         mask_t = None
         if mask_input is not None:
             m = _as_array(mask_input, "mask_input")
-            if m.shape[-2:] != (256, 256) or m.size != 256 * 256:
-                raise InputError(f"mask_input must be low-res logits of shape (1, 256, 256) from an earlier predict; got {m.shape}.")
-            mask_t = torch.as_tensor(m.reshape(1, 1, 256, 256), device=dev)
+            size = self.model.sam_prompt_encoder.mask_input_size
+            if m.shape[-2:] != size or m.size != size[0] * size[1]:
+                raise InputError(f"mask_input must be low-res logits of shape (1, {size[0]}, {size[1]}) "
+                                 f"from an earlier predict; got {m.shape}.")
+            mask_t = torch.as_tensor(m.reshape(1, 1, *size), device=dev)
         return coords_t, labels_t, mask_t
 
     @torch.inference_mode()

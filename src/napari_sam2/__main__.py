@@ -1,0 +1,7 @@
+"""`python -m napari_sam2` runs the `napari-sam2` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,364 @@
+"""One axis of an array, read lazily, as the sequence of model-ready frames the SAM2 tracker consumes.
+
+``frames[i]`` is a float32 tensor (3, S, S): frame i as RGB in [0, 1], resized to S x S and normalised with the
+ImageNet mean and std, exactly as SAM2 was trained. Only frame i is read from the array (plus, once, a few evenly
+spaced frames to fix the intensity range), so numpy memmaps, TIFF memmaps and dask arrays larger than memory work.
+
+A single 2D image can go through the same conversion with ``StackFrames(image[None], axis=0, ...)``.
+"""
+
+from __future__ import annotations
+
+import operator
+import threading
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import InputError
+from .intensity import parse_intensity_range, percentile_ranges, to_unit_range
+from .prefetch import PrefetchCache
+
+DEFAULT_IMAGE_SIZE = 1024
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Frames read to fix the intensity range: enough to be representative, few enough to be quick on a slow disk.
+MAX_PERCENTILE_SAMPLES = 16
+
+_DTYPE_ADVICE = {
+    "c": "complex values: convert to magnitude (np.abs) or take the real part first",
+    "O": "Python objects: convert to a numeric array first",
+}
+
+
+def model_input_from_rgb(rgb01: np.ndarray, image_size: int = DEFAULT_IMAGE_SIZE) -> torch.Tensor:
+    """(H, W, 3) RGB in [0, 1] -> float32 tensor (3, S, S), resized and normalised as SAM2 expects."""
+    rgb = np.asarray(rgb01, dtype=np.float32)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise InputError(f"Expected an RGB image shaped (height, width, 3); got shape {rgb.shape}.")
+    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+    resized = F.interpolate(
+        pixels[None], (image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )[0]
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    return (resized - mean) / std
+
+
+def channels_to_rgb(unit: np.ndarray) -> np.ndarray:
+    """(H, W, C) in [0, 1] with C <= 3 -> (H, W, 3).
+
+    One channel is grey; two are shown as red and green (blue stays dark), like a two-colour overlay; three are RGB.
+    """
+    n_channels = unit.shape[-1]
+    if n_channels == 1:
+        return np.repeat(unit, 3, axis=-1)
+    if n_channels == 2:
+        return np.concatenate([unit, np.zeros_like(unit[..., :1])], axis=-1)
+    if n_channels == 3:
+        return unit
+    raise InputError(f"At most 3 channels can be shown to SAM2 as RGB; got {n_channels}.")
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """Which array axis is the frame index, which (if any) holds channels, which are pinned, which are (H, W)."""
+
+    shape: tuple[int, ...]
+    frame_axis: int
+    channel_axis: int | None
+    fixed_indices: Mapping[int, int]
+    spatial_axes: tuple[int, int]
+
+    @classmethod
+    def from_arguments(cls, shape, axis, channel_axis, fixed_indices) -> "StackLayout":
+        shape = tuple(int(size) for size in shape)
+        frame_axis = _normalised_axis(axis, len(shape), "axis", shape)
+        if channel_axis is not None:
+            channel_axis = _normalised_axis(channel_axis, len(shape), "channel_axis", shape)
+        if channel_axis == frame_axis:
+            raise InputError(
+                f"channel_axis and axis are both {frame_axis}: the frame axis (slices or time points) and the "
+                f"channel axis must be different axes of the array (shape {shape})."
+            )
+        fixed = _normalised_fixed_indices(fixed_indices, shape, frame_axis, channel_axis)
+
+        spatial_axes = _image_axes(shape, frame_axis, channel_axis, fixed)
+        if shape[frame_axis] == 0:
+            raise InputError(f"The data has no frames: axis {frame_axis} of shape {shape} has length 0.")
+        height, width = (shape[a] for a in spatial_axes)
+        if height < 2 or width < 2:
+            raise InputError(
+                f"Frames of {height} x {width} pixels are too small to segment (shape {shape}, image axes "
+                f"{spatial_axes}); each frame needs at least 2 x 2 pixels. Is the right axis chosen as the frame axis?"
+            )
+        if channel_axis is not None and shape[channel_axis] == 0:
+            raise InputError(f"The channel axis {channel_axis} of shape {shape} has no channels.")
+        return cls(shape, frame_axis, channel_axis, fixed, spatial_axes)
+
+    def index(self, frame: int, channel_slice: slice) -> tuple:
+        """Basic (not fancy) index of one frame, so that any array-like reads only that frame."""
+        index: list = [slice(None)] * len(self.shape)
+        index[self.frame_axis] = frame
+        for axis, position in self.fixed_indices.items():
+            index[axis] = position
+        if self.channel_axis is not None:
+            index[self.channel_axis] = channel_slice
+        return tuple(index)
+
+    def channel_position_in_frame(self) -> int | None:
+        """Where the channel axis ends up once the frame and fixed axes are indexed away."""
+        if self.channel_axis is None:
+            return None
+        return sorted((*self.spatial_axes, self.channel_axis)).index(self.channel_axis)
+
+
+class StackFrames:
+    """A lazy, model-ready view of one axis of an array (z slices or time points) for the SAM2 tracker.
+
+    - ``data``: numpy array, numpy/TIFF memmap, dask array, or any array-like with ``shape``, ``dtype`` and
+      ``__getitem__``. Only one frame is read per request.
+    - ``axis``: the axis that becomes the frame index. ``channel_axis``: the axis holding channels, or None.
+      ``fixed_indices``: ``{axis: index}`` for further axes, e.g. ``{1: 12}`` to track a (t, z, y, x) stack along
+      t at z = 12. The two remaining axes are the image height and width, in their original order.
+    - ``channels``: up to 3 channel indices to show as RGB (needed when there are more than 3 channels). One
+      channel is grey, two are red and green, three are RGB.
+    - ``intensity_range``: (low, high) mapped to 0 and 1 (e.g. napari's contrast limits), one pair for all
+      channels or one pair per channel of the data; by default the 0.5 and 99.5 percentiles of up to 16 evenly
+      spaced frames, per channel, fixed for the whole stack.
+    - ``prefetch``: frames prepared ahead on a background thread (0 = none).
+
+    The returned tensors are shared with the prefetch cache: treat them as read-only.
+    """
+
+    def __init__(
+        self,
+        data,
+        axis: int = 0,
+        channel_axis: int | None = None,
+        channels: Sequence[int] | None = None,
+        intensity_range=None,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        prefetch: int = 2,
+        fixed_indices: Mapping[int, int] | None = None,
+    ):
+        data = _as_array_like(data)
+        _check_dtype(data.dtype)
+        self._data = data
+        self._dtype = np.dtype(data.dtype)
+        self._layout = StackLayout.from_arguments(data.shape, axis, channel_axis, fixed_indices)
+        self._channels = _chosen_channels(self._layout, channels)
+        self._image_size = _checked_count(image_size, "image_size", minimum=1)
+        prefetch = _checked_count(prefetch, "prefetch", minimum=0)
+
+        self._ranges_lock = threading.Lock()
+        self._ranges: np.ndarray | None = None
+        if intensity_range is not None:
+            n_data_channels = 1 if self._layout.channel_axis is None else self._layout.shape[self._layout.channel_axis]
+            per_data_channel = parse_intensity_range(intensity_range, n_data_channels)
+            self._ranges = per_data_channel[list(self._channels or [0])]
+        elif self._dtype == np.bool_:
+            self._ranges = np.tile([0.0, 1.0], (len(self._channels or [0]), 1))
+
+        self._cache = PrefetchCache(self._prepare, len(self), depth=prefetch)
+
+    def __len__(self) -> int:
+        return self._layout.shape[self._layout.frame_axis]
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(height, width) of the user's frames, in pixels."""
+        height_axis, width_axis = self._layout.spatial_axes
+        return self._layout.shape[height_axis], self._layout.shape[width_axis]
+
+    @property
+    def image_size(self) -> int:
+        return self._image_size
+
+    @property
+    def channels(self) -> tuple[int, ...] | None:
+        """Channel indices shown as RGB, or None when the data has no channel axis."""
+        return self._channels
+
+    @property
+    def intensity_ranges(self) -> np.ndarray:
+        """(low, high) per shown channel, shape (n_channels, 2); computed from sample frames on first use."""
+        with self._ranges_lock:
+            if self._ranges is None:
+                samples = np.unique(np.linspace(0, len(self) - 1, min(len(self), MAX_PERCENTILE_SAMPLES)).round())
+                self._ranges = percentile_ranges(
+                    (self._read(int(i)) for i in samples), n_channels=len(self._channels or [0])
+                )
+            return self._ranges
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self._cache.get(self._checked_index(index))
+
+    def frame_rgb(self, index: int) -> np.ndarray:
+        """Frame ``index`` as (H, W, 3) float32 RGB in [0, 1], before resizing: what the model is shown."""
+        index = self._checked_index(index)
+        ranges = self.intensity_ranges  # first, so the stack's samples are read before this frame is held
+        return channels_to_rgb(to_unit_range(self._read(index), ranges))
+
+    def close(self) -> None:
+        """Stop the prefetch thread and release prepared frames; the view still works, without prefetch."""
+        self._cache.close()
+
+    def __enter__(self) -> "StackFrames":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"StackFrames({len(self)} frames of {self.original_size[0]} x {self.original_size[1]}, "
+            f"axis={self._layout.frame_axis}, channels={self._channels}, image_size={self._image_size})"
+        )
+
+    def _prepare(self, index: int) -> torch.Tensor:
+        return model_input_from_rgb(self.frame_rgb(index), self._image_size)
+
+    def _read(self, index: int) -> np.ndarray:
+        """Frame ``index`` as (H, W, C) raw values, C being the shown channels (1 without a channel axis)."""
+        channel_slice = slice(None)
+        if self._channels is not None:
+            # Read the smallest contiguous block holding the chosen channels, with basic indexing only.
+            channel_slice = slice(min(self._channels), max(self._channels) + 1)
+        raw = np.asarray(self._data[self._layout.index(index, channel_slice)])
+        position = self._layout.channel_position_in_frame()
+        if position is None:
+            return raw[..., None]
+        raw = np.moveaxis(raw, position, -1)
+        return raw[..., [c - channel_slice.start for c in self._channels]]
+
+    def _checked_index(self, index) -> int:
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(f"frame index must be an integer, got {type(index).__name__}") from None
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"frame index {index} is out of range for {len(self)} frames")
+        return index
+
+
+def _as_array_like(data):
+    if isinstance(data, torch.Tensor):
+        return data.numpy(force=True)  # no copy for a CPU tensor
+    if all(hasattr(data, attribute) for attribute in ("shape", "dtype", "__getitem__")):
+        return data
+    if isinstance(data, (list, tuple)):
+        return np.asarray(data)
+    raise InputError(f"Expected an array (numpy, memmap, dask, ...), got {type(data).__name__}.")
+
+
+def _check_dtype(dtype) -> None:
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise InputError(f"Unsupported pixel type {dtype!r}: convert the data to a numpy numeric array.") from None
+    if dtype.kind in "biuf":
+        return
+    advice = _DTYPE_ADVICE.get(dtype.kind, "convert to integers or floating point numbers first")
+    raise InputError(f"Pixels of type {dtype} cannot be segmented: {advice}.")
+
+
+def _normalised_axis(axis, ndim: int, name: str, shape) -> int:
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise InputError(f"{name} must be an integer axis number, got {axis!r}.") from None
+    if not -ndim <= axis < ndim:
+        raise InputError(f"{name}={axis} is out of range for data with {ndim} axes (shape {tuple(shape)}).")
+    return axis % ndim
+
+
+def _normalised_fixed_indices(fixed_indices, shape, frame_axis, channel_axis) -> dict[int, int]:
+    fixed: dict[int, int] = {}
+    for axis, position in dict(fixed_indices or {}).items():
+        axis = _normalised_axis(axis, len(shape), "fixed_indices axis", shape)
+        if axis in (frame_axis, channel_axis) or axis in fixed:
+            role = "the frame axis" if axis == frame_axis else "the channel axis" if axis == channel_axis else "fixed"
+            raise InputError(f"fixed_indices gives axis {axis} an index, but it is already {role}.")
+        try:
+            position = operator.index(position)
+        except TypeError:
+            raise InputError(f"fixed_indices[{axis}] must be an integer index, got {position!r}.") from None
+        if not -shape[axis] <= position < shape[axis]:
+            raise InputError(
+                f"fixed_indices[{axis}]={position} is out of range: axis {axis} has {shape[axis]} positions "
+                f"(0 to {shape[axis] - 1})."
+            )
+        fixed[axis] = position % shape[axis]
+    return fixed
+
+
+def _image_axes(shape, frame_axis: int, channel_axis: int | None, fixed: Mapping[int, int]) -> tuple[int, int]:
+    """The two axes left for height and width, or an error saying how to get there."""
+    ndim = len(shape)
+    used = {frame_axis, *fixed} | ({channel_axis} if channel_axis is not None else set())
+    spatial_axes = tuple(a for a in range(ndim) if a not in used)
+    if len(spatial_axes) < 2:
+        if not fixed and ndim == (2 if channel_axis is None else 3):
+            raise InputError(
+                f"The data has shape {shape}: this is a single 2D image, not a stack of frames; "
+                "use segment_image for a single image."
+            )
+        raise InputError(
+            f"The data has shape {shape}: after the frame axis ({frame_axis})"
+            + (f", the channel axis ({channel_axis})" if channel_axis is not None else "")
+            + (f" and the fixed axes {sorted(fixed)}" if fixed else "")
+            + " fewer than 2 axes are left for the image height and width."
+        )
+    if len(spatial_axes) > 2:
+        extra = spatial_axes[0]
+        raise InputError(
+            f"The data has {ndim} axes (shape {shape}) but a stack of frames uses only the frame axis "
+            f"({frame_axis}), the image height and width" + (", and channels" if channel_axis is not None else "")
+            + f". Choose one index for axis {extra} with fixed_indices, e.g. fixed_indices={{{extra}: 0}} "
+            f"to track along axis {frame_axis} at index 0 of axis {extra}."
+        )
+    return spatial_axes
+
+
+def _chosen_channels(layout: StackLayout, channels) -> tuple[int, ...] | None:
+    if layout.channel_axis is None:
+        if channels is not None:
+            raise InputError("channels= chooses channels along channel_axis; give channel_axis too.")
+        return None
+    n_channels = layout.shape[layout.channel_axis]
+    if channels is None:
+        if n_channels > 3:
+            raise InputError(
+                f"The data has {n_channels} channels (axis {layout.channel_axis}); SAM2 sees at most 3, as RGB. "
+                f"Choose up to 3 with channels=[...], e.g. channels=[0] for the first channel alone."
+            )
+        return tuple(range(n_channels))
+    chosen = []
+    for channel in channels:
+        try:
+            channel = operator.index(channel)
+        except TypeError:
+            raise InputError(f"channels must be integer channel indices, got {channels!r}.") from None
+        if not -n_channels <= channel < n_channels:
+            raise InputError(f"Channel {channel} does not exist: the data has channels 0 to {n_channels - 1}.")
+        chosen.append(channel % n_channels)
+    if not 1 <= len(chosen) <= 3:
+        raise InputError(f"Choose 1 to 3 channels to show as RGB; got {len(chosen)}: {list(channels)!r}.")
+    return tuple(chosen)
+
+
+def _checked_count(value, name: str, minimum: int) -> int:
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise InputError(f"{name} must be an integer, got {value!r}.") from None
+    if value < minimum:
+        raise InputError(f"{name} must be at least {minimum}, got {value}.")
+    return value
