@@ -131,4 +131,5 @@ def load_model(checkpoint, device="auto", config=None) -> Sam2Model:
     if problems:
         raise CheckpointError(f"The checkpoint {checkpoint} does not fit {cfg.name}: {problems}.")
     model.load_state_dict(state, strict=True)
+    model.requires_grad_(False)  # inference only: no autograd graph, ever
     return model.to(target).eval()

@@ -1,0 +1,535 @@
+"""Tracker: SAM2's video predictor over any sequence of frames (a z-stack or a time-lapse).
+
+Semantics follow Meta's SAM2VideoPredictor (Dec 2024): every object is tracked on its own
+terms (its own prompts, conditioning frames and memory); prompts on a frame never tracked
+for that object make it a conditioning frame; a click on an already tracked frame is a
+correction that is not a conditioning frame, and the next propagation pass overwrites it
+(use `repropagate` to make a correction stick); `reverse` passes; objects may be added at
+any time.
+
+Where it departs from Meta's implementation, on purpose:
+- Frames are read from `frames` when needed and dropped; image features are kept for the
+  last two frames only; per object the tracker keeps the conditioning frames, the memories
+  of the `keep_frames` tracked frames nearest to the latest one, and the tiny object
+  pointers. Host memory stays flat however long the stack. (Corrections and new passes
+  within `keep_frames` of the latest tracked frame see exactly the memory Meta would.)
+- All objects share one image-encoder pass per frame; memory attention, the mask decoder
+  and the memory encoder run batched over objects whose memories have the same layout.
+- Small holes are filled everywhere (no CUDA extension needed).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from .devices import autocast
+from .model import NO_OBJ_SCORE, DecoderOutput, FrameFeatures, Sam2Model
+from .postprocess import fill_holes, non_overlapping
+
+
+@dataclass
+class FrameResult:
+    """What the tracker hands out for one frame: all listed objects, in `obj_ids` order."""
+
+    frame_idx: int
+    obj_ids: list
+    mask_logits: torch.Tensor  # (n_obj, H, W) float32 at the frames' original size; mask = logits > 0
+    low_res_logits: torch.Tensor  # (n_obj, h, w) the model's 256x256 (for a 1024 model) logits
+    object_score_logits: torch.Tensor  # (n_obj,) > 0: the object is present
+    obj_ptrs: torch.Tensor  # (n_obj, C) object pointers (for diagnostics and tests)
+
+    def masks(self) -> np.ndarray:
+        """Boolean masks (n_obj, H, W)."""
+        return (self.mask_logits > 0).numpy()
+
+
+@dataclass
+class _Output:
+    """One object's output on one frame, as kept for memory."""
+
+    pred_masks: torch.Tensor  # (1, 1, h, w) low-res logits after hole filling
+    obj_ptr: torch.Tensor  # (1, C)
+    object_score_logits: torch.Tensor  # (1, 1)
+    maskmem: Optional[torch.Tensor] = None  # (1, mem_dim, 64, 64) bfloat16, None until encoded
+
+
+class _Pointer:
+    """What is kept of a tracked (non-conditioning) frame after its memory is dropped."""
+
+    __slots__ = ("obj_ptr",)
+
+    def __init__(self, obj_ptr):
+        self.obj_ptr = obj_ptr
+
+
+class _ObjectTrack:
+    def __init__(self, obj_id: int):
+        self.obj_id = obj_id
+        self.points: dict = {}  # frame -> (coords (1, N, 2) model px, labels (1, N))
+        self.cond: "OrderedDict[int, _Output]" = OrderedDict()
+        self.non_cond: "OrderedDict[int, _Output]" = OrderedDict()  # bounded: full memories
+        self.pointers: dict = {}  # frame -> _Pointer for every tracked non-conditioning frame
+        self.temp_cond: "OrderedDict[int, _Output]" = OrderedDict()
+        self.temp_non_cond: "OrderedDict[int, _Output]" = OrderedDict()
+        self.tracked: dict = {}  # frame -> tracked in reverse?
+
+    def output_on(self, frame_idx):
+        return self.cond.get(frame_idx) or self.non_cond.get(frame_idx)
+
+    def store_tracked(self, frame_idx, out: _Output, keep_frames: int):
+        self.non_cond[frame_idx] = out
+        self.pointers[frame_idx] = _Pointer(out.obj_ptr)
+        if len(self.non_cond) > keep_frames:
+            far = sorted(self.non_cond, key=lambda t: abs(t - frame_idx))[keep_frames:]
+            for t in far:
+                del self.non_cond[t]
+
+
+def _select_cond_frames(frame_idx, cond: OrderedDict, max_cond):
+    """Conditioning frames used in attention: all, or the closest `max_cond` (>= 2) to frame_idx."""
+    if max_cond == -1 or len(cond) <= max_cond:
+        return cond, {}
+    selected = OrderedDict()
+    before = max((t for t in cond if t < frame_idx), default=None)
+    if before is not None:
+        selected[before] = cond[before]
+    after = min((t for t in cond if t >= frame_idx), default=None)
+    if after is not None:
+        selected[after] = cond[after]
+    rest = sorted((t for t in cond if t not in selected), key=lambda t: abs(t - frame_idx))
+    for t in rest[: max_cond - len(selected)]:
+        selected[t] = cond[t]
+    return selected, {t: v for t, v in cond.items() if t not in selected}
+
+
+@dataclass
+class _Memory:
+    tokens: torch.Tensor  # (1, M, mem_dim)
+    pos: torch.Tensor  # (1, M, mem_dim)
+    num_ptr_tokens: int
+
+    @property
+    def layout(self):
+        return (self.tokens.shape[1], self.num_ptr_tokens)
+
+
+class Tracker:
+    """Segment and track objects through `frames` from point / box / mask prompts.
+
+    frames: any object with `len(frames)`, `frames.original_size` -> (H, W) and
+    `frames[i]` -> float32 tensor (3, S, S), the normalised model input of frame i.
+    """
+
+    def __init__(self, model: Sam2Model, frames, *, keep_frames: int = 16, offload_memory_to_cpu: bool = False,
+                 non_overlap_masks: bool = False, fill_hole_area: Optional[int] = None):
+        if len(frames) < 1:
+            raise InputError("The stack has no frames to track.")
+        cfg = model.config
+        self.model = model
+        self.frames = frames
+        self.num_frames = len(frames)
+        self.video_hw = tuple(int(s) for s in frames.original_size)
+        self.keep_frames = max(int(keep_frames), cfg.num_maskmem - 1)
+        self.non_overlap_masks = non_overlap_masks
+        self.fill_hole_area = cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
+        self.device = model.device
+        self.storage_device = torch.device("cpu") if offload_memory_to_cpu else self.device
+        self._objects: "OrderedDict[int, _ObjectTrack]" = OrderedDict()
+        self._features: "OrderedDict[int, FrameFeatures]" = OrderedDict()
+        self._maskmem_pos: Optional[torch.Tensor] = None
+
+    # ---- public API ----------------------------------------------------------------------
+    @property
+    def obj_ids(self) -> list:
+        return list(self._objects)
+
+    def reset(self) -> None:
+        """Forget every object, prompt and memory."""
+        self._objects.clear()
+        self._features.clear()
+
+    def remove_object(self, obj_id: int) -> None:
+        if obj_id not in self._objects:
+            raise InputError(f"There is no object {obj_id} to remove (objects: {self.obj_ids}).")
+        del self._objects[obj_id]
+
+    @torch.no_grad()
+    def add_prompt(self, frame_idx: int, obj_id: int, points=None, labels=None, box=None,
+                   clear_old_points: bool = True) -> FrameResult:
+        """Add clicks and/or a box for one object on one frame; returns that frame's result for
+        every object known so far. points (N, 2) as (x, y) and box (x0, y0, x1, y1) in
+        original-size pixels; labels 1 = positive, 0 = negative."""
+        frame_idx = self._check_frame(frame_idx)
+        coords, point_labels = self._prompt_to_model_space(points, labels, box)
+        obj = self._object(obj_id, create=True)
+        if box is not None and not clear_old_points:
+            raise InputError("A box replaces the earlier prompts of a frame: add it with clear_old_points=True.")
+        if not clear_old_points and frame_idx in obj.points:
+            old_coords, old_labels = obj.points[frame_idx]
+            coords = torch.cat([old_coords, coords], dim=1)
+            point_labels = torch.cat([old_labels, point_labels], dim=1)
+        obj.points[frame_idx] = (coords, point_labels)
+
+        is_init = frame_idx not in obj.tracked
+        reverse = False if is_init else obj.tracked[frame_idx]
+        temp = obj.temp_cond if is_init else obj.temp_non_cond
+        prev = temp.get(frame_idx) or obj.output_on(frame_idx)
+        prev_logits = None if prev is None else torch.clamp(prev.pred_masks.to(self.device), -32.0, 32.0)
+
+        features = self._frame_features(frame_idx)
+        with autocast(self.device):
+            pix = self._conditioned_features([obj], features, frame_idx, is_init, reverse)
+            multimask = self._use_multimask(is_init, point_labels.shape[1])
+            out = self.model.decode(pix, features.high_res, coords, point_labels, mask_input=prev_logits,
+                                    multimask_output=multimask)
+        temp[frame_idx] = self._compact(out, 0)
+        return self._consolidated_result(frame_idx, is_cond=is_init)
+
+    @torch.no_grad()
+    def add_mask(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
+        """Prompt one object with a whole mask (H, W) at the frames' original size."""
+        frame_idx = self._check_frame(frame_idx)
+        mask = torch.as_tensor(np.asarray(mask), device=self.device)
+        if tuple(mask.shape) != self.video_hw:
+            raise InputError(f"The mask prompt has shape {tuple(mask.shape)}, the frames are {self.video_hw}.")
+        mask = mask.bool()[None, None].float()
+        size = self.model.image_size
+        if tuple(mask.shape[-2:]) != (size, size):
+            mask = F.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            mask = (mask >= 0.5).float()
+        obj = self._object(obj_id, create=True)
+        obj.points.pop(frame_idx, None)
+        is_init = frame_idx not in obj.tracked
+        temp = obj.temp_cond if is_init else obj.temp_non_cond
+        features = self._frame_features(frame_idx)
+        with autocast(self.device):
+            out = self.model.decode_mask_prompt(features.vision, features.high_res, mask)
+        temp[frame_idx] = self._compact(out, 0)
+        return self._consolidated_result(frame_idx, is_cond=is_init)
+
+    def propagate(self, start_frame_idx=None, max_frame_num_to_track=None, reverse=False) -> Iterator[FrameResult]:
+        """Track every object frame by frame, yielding each frame's result as it is ready.
+
+        Default start: the earliest conditioning frame of any object; default length: to the
+        end (or the start) of the stack. Conditioning frames are yielded, not recomputed."""
+        self._consolidate_prompts()
+        order = self._processing_order(start_frame_idx, max_frame_num_to_track, reverse)
+        for frame_idx in order:
+            yield self._propagate_frame(frame_idx, list(self._objects.values()), reverse)
+
+    def propagate_both(self, start_frame_idx=None, max_frame_num_to_track=None) -> Iterator[FrameResult]:
+        """Forward from the first prompted frame to the end, then backward from it to the start."""
+        self._consolidate_prompts()
+        start = self._default_start() if start_frame_idx is None else self._check_frame(start_frame_idx)
+        yield from self.propagate(start, max_frame_num_to_track, reverse=False)
+        yield from self.propagate(start, max_frame_num_to_track, reverse=True)
+
+    def repropagate(self, frame_idx: int, stop_iou: Optional[float] = 0.97, patience: int = 3) -> Iterator[FrameResult]:
+        """Make the corrections on `frame_idx` stick: that frame becomes a conditioning frame of
+        each corrected object, which is then re-tracked outward in both directions.
+
+        A direction stops early for an object once its new mask agrees with the mask it had
+        before (IoU >= stop_iou) on `patience` consecutive frames; stop_iou=None never stops.
+        Yields results for the corrected objects only."""
+        frame_idx = self._check_frame(frame_idx)
+        targets = []
+        for obj in self._objects.values():
+            out = obj.temp_non_cond.pop(frame_idx, None)
+            if out is not None:
+                obj.temp_cond[frame_idx] = out
+                targets.append(obj)
+            elif frame_idx in obj.temp_cond:
+                targets.append(obj)
+        if not targets:
+            raise InputError(f"Nothing to re-propagate from frame {frame_idx}: add a correction there first.")
+        self._consolidate_prompts()
+        for reverse in (False, True):
+            active = list(targets)
+            streak = {obj.obj_id: 0 for obj in targets}
+            end = -1 if reverse else self.num_frames
+            for t in range(frame_idx, end, -1 if reverse else 1):
+                before = {obj.obj_id: obj.output_on(t) for obj in active}
+                result = self._propagate_frame(t, active, reverse)
+                yield result
+                if stop_iou is None or t == frame_idx:
+                    continue
+                for obj, new_logits in zip(list(active), result.low_res_logits):
+                    old = before[obj.obj_id]
+                    if old is not None and _iou(old.pred_masks[0, 0] > 0, new_logits > 0) >= stop_iou:
+                        streak[obj.obj_id] += 1
+                    else:
+                        streak[obj.obj_id] = 0
+                    if streak[obj.obj_id] >= patience:
+                        active.remove(obj)
+                if not active:
+                    break
+
+    # ---- one frame -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _propagate_frame(self, frame_idx, objects, reverse) -> FrameResult:
+        to_track = [obj for obj in objects if frame_idx not in obj.cond]
+        outputs = {}
+        if to_track:
+            outputs = self._track(frame_idx, to_track, reverse)
+        for obj in objects:
+            if obj.obj_id in outputs:
+                obj.store_tracked(frame_idx, outputs[obj.obj_id], self.keep_frames)
+            obj.tracked[frame_idx] = reverse
+        outs = [obj.cond[frame_idx] if obj.obj_id not in outputs else outputs[obj.obj_id] for obj in objects]
+        return self._result(frame_idx, [obj.obj_id for obj in objects], outs)
+
+    def _track(self, frame_idx, objects, reverse) -> dict:
+        """Track objects on a frame from their memories, batched by memory layout."""
+        features = self._frame_features(frame_idx)
+        memories = {obj.obj_id: self._memory(obj, frame_idx, reverse) for obj in objects}
+        groups: dict = {}
+        for obj in objects:
+            groups.setdefault(memories[obj.obj_id].layout, []).append(obj)
+        outputs = {}
+        for group in groups.values():
+            mems = [memories[obj.obj_id] for obj in group]
+            batch = features.expand(len(group))
+            with autocast(self.device):
+                pix = self.model.condition_on_memory(
+                    batch, torch.cat([m.tokens for m in mems]), torch.cat([m.pos for m in mems]), mems[0].num_ptr_tokens
+                )
+                out = self.model.decode(pix, batch.high_res, multimask_output=self._use_multimask(False, 0))
+                maskmem, pos = self.model.encode_memory(batch, out.high_res, out.object_score_logits, binarize=False)
+            self._remember_pos(pos)
+            for i, obj in enumerate(group):
+                compact = self._compact(out, i)
+                compact.maskmem = self._store(maskmem[i : i + 1].to(torch.bfloat16))
+                outputs[obj.obj_id] = compact
+        return outputs
+
+    def _conditioned_features(self, objects, features: FrameFeatures, frame_idx, is_init, reverse):
+        if is_init:
+            return self.model.features_without_memory(features)
+        mem = self._memory(objects[0], frame_idx, reverse)
+        return self.model.condition_on_memory(features, mem.tokens, mem.pos, mem.num_ptr_tokens)
+
+    def _memory(self, obj: _ObjectTrack, frame_idx, reverse) -> _Memory:
+        """The memory bank one object attends to on one frame (Meta's selection rules)."""
+        cfg = self.model.config
+        if not obj.cond:
+            raise InputError(f"Object {obj.obj_id} has no prompt yet: add points or a box for it first.")
+        selected, unselected = _select_cond_frames(frame_idx, obj.cond, cfg.max_cond_frames_in_attn)
+        entries = [(0, out) for out in selected.values()]
+        for t_pos in range(1, cfg.num_maskmem):
+            t_rel = cfg.num_maskmem - t_pos
+            prev = frame_idx + t_rel if reverse else frame_idx - t_rel
+            entries.append((t_pos, obj.non_cond.get(prev) or unselected.get(prev)))
+        tokens, pos = [], []
+        for t_pos, out in entries:
+            if out is None:
+                continue
+            tokens.append(out.maskmem.to(self.device).float().flatten(2).transpose(1, 2))
+            pos.append(self.model.memory_frame_pos(self._maskmem_pos, t_pos))
+
+        max_ptrs = min(self.num_frames, cfg.max_obj_ptrs_in_encoder)
+        sign = -1 if reverse else 1
+        ptr_cond = {t: out for t, out in selected.items() if (t >= frame_idx if reverse else t <= frame_idx)}
+        t_diffs, ptrs = [], []
+        for t, out in ptr_cond.items():
+            t_diffs.append((frame_idx - t) * sign if cfg.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t))
+            ptrs.append(out.obj_ptr)
+        for t_diff in range(1, max_ptrs):
+            t = frame_idx + t_diff if reverse else frame_idx - t_diff
+            if t < 0 or t >= self.num_frames:
+                break
+            out = obj.pointers.get(t, unselected.get(t))
+            if out is not None:
+                t_diffs.append(t_diff)
+                ptrs.append(out.obj_ptr)
+        num_ptr_tokens = 0
+        if ptrs:
+            ptr_tokens, ptr_pos = self.model.pointer_tokens(torch.stack([p.to(self.device) for p in ptrs]), t_diffs, max_ptrs)
+            tokens.append(ptr_tokens)
+            pos.append(ptr_pos)
+            num_ptr_tokens = ptr_tokens.shape[1]
+        return _Memory(torch.cat(tokens, dim=1), torch.cat(pos, dim=1), num_ptr_tokens)
+
+    def _use_multimask(self, is_init: bool, num_points: int) -> bool:
+        cfg = self.model.config
+        return cfg.multimask_min_pt_num <= num_points <= cfg.multimask_max_pt_num
+
+    # ---- prompts -> memory ---------------------------------------------------------------
+    @torch.no_grad()
+    def _consolidate_prompts(self):
+        """Encode the memories of freshly prompted frames and move them into the memory bank."""
+        if not self._objects:
+            raise InputError("No prompts yet: add points or a box for at least one object before propagating.")
+        for obj in self._objects.values():
+            for is_cond in (False, True):
+                temp = obj.temp_cond if is_cond else obj.temp_non_cond
+                for frame_idx, out in temp.items():
+                    if out.maskmem is None:
+                        out.maskmem = self._encode_prompted_memory(frame_idx, out)
+                    if is_cond:
+                        obj.cond[frame_idx] = out
+                    else:
+                        obj.store_tracked(frame_idx, out, self.keep_frames)
+                temp.clear()
+            if not obj.cond:
+                raise InputError(f"Object {obj.obj_id} has no prompt on any frame: add points or a box for it.")
+            for frame_idx in obj.cond:
+                obj.non_cond.pop(frame_idx, None)
+                obj.pointers.pop(frame_idx, None)
+
+    def _encode_prompted_memory(self, frame_idx, out: _Output) -> torch.Tensor:
+        features = self._frame_features(frame_idx)
+        size = self.model.image_size
+        high_res = F.interpolate(out.pred_masks.to(self.device), size=(size, size), mode="bilinear", align_corners=False)
+        with autocast(self.device):
+            maskmem, pos = self.model.encode_memory(features, high_res, out.object_score_logits.to(self.device),
+                                                    binarize=self.model.config.binarize_mask_from_pts_for_mem_enc)
+        self._remember_pos(pos)
+        return self._store(maskmem.to(torch.bfloat16))
+
+    def _remember_pos(self, pos):
+        # the memory position encoding is the same for every frame: keep one copy
+        if self._maskmem_pos is None:
+            self._maskmem_pos = pos[:1].float().clone()
+
+    # ---- results -------------------------------------------------------------------------
+    def _compact(self, out: DecoderOutput, i: int) -> _Output:
+        pred = fill_holes(out.low_res[i : i + 1].float(), self.fill_hole_area)
+        return _Output(self._store(pred), self._store(out.obj_ptr[i : i + 1].float()),
+                       self._store(out.object_score_logits[i : i + 1].float()))
+
+    def _consolidated_result(self, frame_idx, is_cond) -> FrameResult:
+        """Every object's latest output on a frame (Meta's consolidation), empty where it has none."""
+        outs = []
+        for obj in self._objects.values():
+            temp = obj.temp_cond if is_cond else obj.temp_non_cond
+            outs.append(temp.get(frame_idx) or obj.output_on(frame_idx))
+        return self._result(frame_idx, self.obj_ids, outs)
+
+    def _result(self, frame_idx, obj_ids, outs) -> FrameResult:
+        h, w = self._low_res_hw()
+        n = len(outs)
+        low_res = torch.full((n, 1, h, w), NO_OBJ_SCORE, dtype=torch.float32)
+        scores = torch.full((n,), NO_OBJ_SCORE, dtype=torch.float32)
+        ptrs = torch.zeros((n, self.model.config.d_model), dtype=torch.float32)
+        for i, out in enumerate(outs):
+            if out is not None:
+                low_res[i] = out.pred_masks[0].float().cpu()
+                scores[i] = out.object_score_logits.reshape(()).float().cpu()
+                ptrs[i] = out.obj_ptr[0].float().cpu()
+        video = F.interpolate(low_res.to(self.device), size=self.video_hw, mode="bilinear", align_corners=False)
+        if self.non_overlap_masks:
+            video = non_overlapping(video)
+        return FrameResult(frame_idx, list(obj_ids), video[:, 0].cpu(), low_res[:, 0], scores, ptrs)
+
+    def _low_res_hw(self):
+        size = self.model.sam_prompt_encoder.mask_input_size
+        return size[0], size[1]
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _store(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to(self.storage_device)
+
+    def _frame_features(self, frame_idx) -> FrameFeatures:
+        """Image features of a frame; the last two frames' are kept (prompts and memory
+        encoding revisit the frame just seen)."""
+        if frame_idx in self._features:
+            self._features.move_to_end(frame_idx)
+            return self._features[frame_idx]
+        image = self.frames[frame_idx]
+        if not isinstance(image, torch.Tensor):
+            image = torch.as_tensor(np.asarray(image))
+        size = self.model.image_size
+        if tuple(image.shape) != (3, size, size):
+            raise InputError(f"frames[{frame_idx}] has shape {tuple(image.shape)}; the model needs (3, {size}, {size}).")
+        with torch.no_grad(), autocast(self.device):
+            features = self.model.encode_image(image.to(self.device, torch.float32)[None])
+        self._features[frame_idx] = features
+        while len(self._features) > 2:
+            self._features.popitem(last=False)
+        return features
+
+    def _object(self, obj_id, create=False) -> _ObjectTrack:
+        if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)):
+            raise InputError(f"Object ids are integers; got {obj_id!r}.")
+        obj_id = int(obj_id)
+        if obj_id not in self._objects:
+            if not create:
+                raise InputError(f"There is no object {obj_id}.")
+            self._objects[obj_id] = _ObjectTrack(obj_id)
+        return self._objects[obj_id]
+
+    def _check_frame(self, frame_idx) -> int:
+        if isinstance(frame_idx, bool) or not isinstance(frame_idx, (int, np.integer)):
+            raise InputError(f"Frame indices are integers; got {frame_idx!r}.")
+        if not 0 <= frame_idx < self.num_frames:
+            raise InputError(f"Frame {frame_idx} is outside the stack (frames 0 to {self.num_frames - 1}).")
+        return int(frame_idx)
+
+    def _prompt_to_model_space(self, points, labels, box):
+        if points is None and box is None:
+            raise InputError("Give points (with labels) or a box for the prompt.")
+        if (points is None) != (labels is None):
+            raise InputError("Points need labels, one per point (1 = positive, 0 = negative).")
+        h, w = self.video_hw
+        scale = torch.tensor([self.model.image_size / w, self.model.image_size / h], dtype=torch.float32)
+        coords = torch.zeros(0, 2)
+        point_labels = torch.zeros(0, dtype=torch.int32)
+        if points is not None:
+            coords = _float_array(points, "points").reshape(-1, 2)
+            point_labels = torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1), dtype=torch.int32)
+            if len(coords) != len(point_labels):
+                raise InputError(f"{len(coords)} points but {len(point_labels)} labels: give one label per point.")
+            if not torch.isin(point_labels, torch.tensor([0, 1], dtype=torch.int32)).all():
+                raise InputError("Point labels must be 1 (positive) or 0 (negative).")
+            _check_inside(coords, h, w, "point")
+        if box is not None:
+            corners = _float_array(box, "box").reshape(-1)
+            if corners.numel() != 4:
+                raise InputError("A box is (x0, y0, x1, y1).")
+            corners = corners.reshape(2, 2)
+            _check_inside(corners, h, w, "box corner")
+            coords = torch.cat([corners, coords])
+            point_labels = torch.cat([torch.tensor([2, 3], dtype=torch.int32), point_labels])
+        coords = coords * scale
+        return coords[None].to(self.device), point_labels[None].to(self.device)
+
+    def _default_start(self):
+        return min(t for obj in self._objects.values() for t in obj.cond)
+
+    def _processing_order(self, start, max_frames, reverse):
+        start = self._default_start() if start is None else self._check_frame(start)
+        max_frames = self.num_frames if max_frames is None else int(max_frames)
+        if reverse:
+            end = max(start - max_frames, 0)
+            return range(start, end - 1, -1) if start > 0 else range(0)
+        end = min(start + max_frames, self.num_frames - 1)
+        return range(start, end + 1)
+
+
+def _float_array(value, name) -> torch.Tensor:
+    try:
+        arr = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"The {name} must be numbers; got {value!r}.") from None
+    if not np.isfinite(arr).all():
+        raise InputError(f"The {name} contain NaN or infinite values.")
+    return torch.from_numpy(arr.copy())
+
+
+def _check_inside(coords: torch.Tensor, h, w, what):
+    outside = (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
+    if outside.any():
+        x, y = coords[outside][0].tolist()
+        raise InputError(f"A {what} at (x={x:g}, y={y:g}) lies outside the {w} x {h} (width x height) frames.")
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    union = (a | b).sum().item()
+    return 1.0 if union == 0 else (a & b).sum().item() / union
