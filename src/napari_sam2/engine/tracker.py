@@ -128,7 +128,8 @@ class Tracker:
     """
 
     def __init__(self, model: Sam2Model, frames, *, keep_frames: int = 16, offload_memory_to_cpu: bool = False,
-                 non_overlap_masks: bool = False, fill_hole_area: Optional[int] = None):
+                 non_overlap_masks: bool = False, fill_hole_area: Optional[int] = None,
+                 batch_objects: bool = True):
         if len(frames) < 1:
             raise InputError("The stack has no frames to track.")
         cfg = model.config
@@ -138,6 +139,7 @@ class Tracker:
         self.video_hw = tuple(int(s) for s in frames.original_size)
         self.keep_frames = max(int(keep_frames), cfg.num_maskmem - 1)
         self.non_overlap_masks = non_overlap_masks
+        self.batch_objects = batch_objects  # False runs objects one at a time (for comparison)
         self.fill_hole_area = cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
         self.device = model.device
         self.storage_device = torch.device("cpu") if offload_memory_to_cpu else self.device
@@ -291,7 +293,8 @@ class Tracker:
         memories = {obj.obj_id: self._memory(obj, frame_idx, reverse) for obj in objects}
         groups: dict = {}
         for obj in objects:
-            groups.setdefault(memories[obj.obj_id].layout, []).append(obj)
+            key = memories[obj.obj_id].layout if self.batch_objects else obj.obj_id
+            groups.setdefault(key, []).append(obj)
         outputs = {}
         for group in groups.values():
             mems = [memories[obj.obj_id] for obj in group]

@@ -1,0 +1,60 @@
+"""The tracker reproduces Meta's SAM2VideoPredictor on the golden video scenarios, call by call."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_matches_golden, load_golden
+from video_golden import GoldenFrames, run_calls
+
+from napari_sam2.engine import Tracker, load_model
+
+pytestmark = pytest.mark.golden
+
+# what the reference captured (shared/reference/README.md): (call, frame, obj_idx) of the
+# memory-conditioned features, and (obj_idx, frame) of a stored memory
+CAPTURE_MEMCOND = {"video_sam2.1_t": (2, 1, 0)}
+CAPTURE_MASKMEM = {"video_sam2.1_t": (0, 0), "video_sam2_t": (1, 0)}
+
+
+def _debug_capture(tracker, scenario):
+    """Record the memory-conditioned features of (call, frame, obj_idx) = CAPTURE_MEMCOND."""
+    capture = CAPTURE_MEMCOND.get(scenario)
+    state = {"call": None, "frame": None, "pix": None}
+    if capture is None:
+        return state, None
+    model = tracker.model
+    orig_condition, orig_track = model.condition_on_memory, tracker._track
+
+    def track(frame_idx, objects, reverse):
+        state["frame"] = frame_idx
+        return orig_track(frame_idx, objects, reverse)
+
+    def condition(features, *args):
+        pix = orig_condition(features, *args)
+        if [state["call"], state["frame"]] == list(capture[:2]) and state["pix"] is None:
+            state["pix"] = pix[capture[2] : capture[2] + 1].clone()
+        return pix
+
+    tracker._track = track
+    model.condition_on_memory = condition
+    return state, capture
+
+
+@pytest.mark.parametrize("scenario", ["video_sam2.1_t", "video_sam2_t"])
+def test_video_scenario_matches_reference(scenario, golden_dir, compare_module, synthetic_checkpoint):
+    torch.set_num_threads(2)
+    side, gold = load_golden(golden_dir, scenario)
+    model = load_model(synthetic_checkpoint(side["config"], side["checkpoint"]["seed"]), device="cpu")
+    tracker = Tracker(model, GoldenFrames(gold["frames_u8"], side["video_hw"]))
+    state, capture = _debug_capture(tracker, scenario)
+    produced = run_calls(tracker, side["calls"], on_call=lambda i: state.update(call=i))
+
+    obj_idx, frame = CAPTURE_MASKMEM[scenario]
+    obj = list(tracker._objects.values())[obj_idx]
+    mem = obj.cond.get(frame) or obj.non_cond.get(frame)
+    produced["debug_maskmem_features_bf16bits"] = mem.maskmem.view(torch.int16).numpy().astype(np.uint16)
+    produced["debug_maskmem_pos_enc"] = tracker._maskmem_pos.numpy().astype(np.float16)
+    if capture is not None:
+        assert state["pix"] is not None, "the captured frame was never tracked"
+        produced["debug_pix_feat_with_mem"] = state["pix"].numpy().astype(np.float16)
+    assert_matches_golden(compare_module, side, gold, produced)
