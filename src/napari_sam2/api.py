@@ -1,0 +1,187 @@
+"""The scripting API: numpy arrays and prompts in, label arrays out. No Qt, no napari.
+
+    from napari_sam2 import Prompt, segment_stack
+    labels = segment_stack(stack, [Prompt(frame=12, obj_id=1, points=[(140, 96)])])
+
+Prompts are in the array's own pixel coordinates, (row, col); label value = object id.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .frame_labels import LABEL_DTYPE, FrameLabels
+from .frames import StackFrames
+from .model_cache import DEFAULT_MODEL, clear_model_cache, get_model
+from .prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
+from .slice_segmenter import SliceSegmenter
+from .tracking import DIRECTIONS, Propagation, TrackingSession
+
+__all__ = [
+    "DEFAULT_MODEL", "DIRECTIONS", "FrameLabels", "Prompt", "Propagation", "TrackingSession",
+    "clear_model_cache", "get_model", "segment_image", "segment_stack", "stream_stack",
+]
+
+# A last axis this short is taken for colour channels (RGB / RGBA) rather than for a stack of images.
+MAX_IMPLICIT_CHANNELS = 4
+
+
+def segment_image(
+    image,
+    prompts: Sequence[Prompt],
+    model=DEFAULT_MODEL,
+    device="auto",
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+    intensity_range=None,
+) -> np.ndarray:
+    """Segment one 2D image: (H, W) grey, or (H, W, C) with channels last (or on ``channel_axis``).
+
+    Any numeric dtype; intensities are scaled as for stacks (0.5 and 99.5 percentiles, or ``intensity_range``).
+    Every prompt has ``frame=0``. Returns an (H, W) int32 label image, label value = obj_id.
+
+    Overlaps: objects are segmented independently; where two masks claim a pixel, the object whose prompt comes
+    first in ``prompts`` keeps it (a later object never overwrites an earlier one).
+    """
+    frames = _image_as_one_frame(image, channel_axis, channels, intensity_range, image_size=1)
+    prompts = prompt_list(prompts)
+    for prompt in prompts:
+        if prompt.frame != 0:
+            raise InputError(
+                f"segment_image segments a single image: every prompt needs frame=0 (object {prompt.obj_id} has "
+                f"frame={prompt.frame}). For a stack use segment_stack."
+            )
+    check_prompts_fit(prompts, 1, frames.original_size)
+    grouped = group_prompts(prompts, frames.original_size)
+
+    loaded = get_model(model, device)
+    frames = _image_as_one_frame(image, channel_axis, channels, intensity_range, image_size=loaded.image_size)
+    segmenter = SliceSegmenter(loaded)
+    segmenter.set_frame(frames, 0)
+    return segmenter.segment(grouped).labels
+
+
+def stream_stack(
+    stack,
+    prompts: Sequence[Prompt],
+    axis: int = 0,
+    model=DEFAULT_MODEL,
+    device="auto",
+    direction: str = "both",
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+    intensity_range=None,
+    fixed_indices=None,
+    frame_range: tuple[int, int] | None = None,
+) -> Propagation:
+    """Segment and track the prompted objects through ``stack`` along ``axis``, one frame at a time.
+
+    Returns an iterator of :class:`FrameLabels` (``.frame``, ``.obj_ids``, ``.masks``, ``.labels``) with ``.total``,
+    the number of frames it will produce. Every frame is produced once, except the starting frame of a
+    ``direction="both"`` run, which comes again at the start of the backward pass (the same result). Stop
+    iterating to cancel: the frames already produced are final. Bad input raises InputError here, before any
+    model is loaded.
+
+    - ``direction``: "both" (from the first prompted frame forward to the end, then backward to the start),
+      "forward" (from the first prompted frame) or "backward" (from the last prompted frame).
+    - ``frame_range``: (first, last) frames, inclusive, to limit the run to.
+    - ``fixed_indices``: ``{axis: index}`` for stacks with more axes, e.g. ``{1: 5}`` to track (t, z, y, x) along
+      t at z = 5. ``channel_axis`` / ``channels``: colour channels (up to 3 shown to SAM2 as RGB).
+    - Masks of different objects never overlap: the object with the highest logit gets a contested pixel.
+    """
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}.")
+    frame_options = dict(
+        axis=axis, channel_axis=channel_axis, channels=channels, intensity_range=intensity_range,
+        fixed_indices=fixed_indices,
+    )
+    # Check the data and prompts before loading a model, which may mean a long download.
+    probe = StackFrames(stack, prefetch=0, image_size=1, **frame_options)
+    prompts = prompt_list(prompts)
+    check_prompts_fit(prompts, len(probe), probe.original_size)
+
+    session = TrackingSession(stack, model=model, device=device, **frame_options)
+    try:
+        session.add_prompts(prompts)
+        run = session.propagate(direction, frame_range)
+    except BaseException:
+        session.close()
+        raise
+
+    def results():
+        try:
+            yield from run
+        finally:
+            session.close()
+
+    return Propagation(results(), run.total, run.n_frames, run.frame_size)
+
+
+def segment_stack(
+    stack,
+    prompts: Sequence[Prompt],
+    axis: int = 0,
+    model=DEFAULT_MODEL,
+    device="auto",
+    direction: str = "both",
+    progress: Callable[[int, int], None] | None = None,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+    intensity_range=None,
+    fixed_indices=None,
+    frame_range: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Segment and track the prompted objects through ``stack``; returns an (N, H, W) int32 label array.
+
+    N is the length of ``axis``; H and W are the two remaining image axes in the order they have in ``stack``
+    (channel and fixed axes dropped). Label value = obj_id; frames the run does not reach stay 0.
+    ``progress(frames_done, frames_total)`` is called after each frame. Other arguments as in
+    :func:`stream_stack`.
+    """
+    run = stream_stack(
+        stack, prompts, axis=axis, model=model, device=device, direction=direction, channel_axis=channel_axis,
+        channels=channels, intensity_range=intensity_range, fixed_indices=fixed_indices, frame_range=frame_range,
+    )
+    labels = np.zeros((run.n_frames, *run.frame_size), LABEL_DTYPE)
+    done: set[int] = set()
+    for result in run:
+        labels[result.frame] = result.labels
+        done.add(result.frame)
+        if progress is not None:
+            progress(len(done), run.total)
+    return labels
+
+
+def _image_as_one_frame(image, channel_axis, channels, intensity_range, image_size: int) -> StackFrames:
+    """A single 2D image (grey or with channels) as a one-frame StackFrames."""
+    array = np.asarray(image) if not hasattr(image, "shape") else image
+    ndim = len(array.shape)
+    if ndim == 3 and channel_axis is None:
+        if array.shape[-1] > MAX_IMPLICIT_CHANNELS:
+            raise InputError(
+                f"The image has shape {tuple(array.shape)}: this looks like a stack of {array.shape[0]} images, "
+                f"not one image with channels. Use segment_stack, or give channel_axis= if an axis holds channels."
+            )
+        channel_axis = -1
+        if channels is None and array.shape[-1] == 4:
+            channels = (0, 1, 2)  # RGBA: the alpha channel is not part of the picture
+    if ndim not in (2, 3) or (ndim == 2 and channel_axis is not None):
+        raise InputError(
+            f"segment_image needs one 2D image, (H, W) or (H, W, channels); got shape {tuple(array.shape)}. "
+            "For a stack use segment_stack."
+        )
+    if channel_axis is not None:
+        channel_axis = _axis_in(channel_axis, ndim) + 1  # the added frame axis comes first
+    return StackFrames(
+        array[None], axis=0, channel_axis=channel_axis, channels=channels, intensity_range=intensity_range,
+        image_size=image_size, prefetch=0,
+    )
+
+
+def _axis_in(axis, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -ndim <= axis < ndim:
+        raise InputError(f"channel_axis={axis!r} is not an axis of a {ndim}-D image.")
+    return int(axis) % ndim
