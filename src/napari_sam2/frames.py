@@ -152,8 +152,8 @@ class StackFrames:
         self._dtype = np.dtype(data.dtype)
         self._layout = StackLayout.from_arguments(data.shape, axis, channel_axis, fixed_indices)
         self._channels = _chosen_channels(self._layout, channels)
-        self._image_size = _checked_count(image_size, "image_size", minimum=1)
-        prefetch = _checked_count(prefetch, "prefetch", minimum=0)
+        self._image_size = whole_number(image_size, "image_size", minimum=1)
+        prefetch = whole_number(prefetch, "prefetch", minimum=0)
 
         self._ranges_lock = threading.Lock()
         self._ranges: np.ndarray | None = None
@@ -354,11 +354,14 @@ def _chosen_channels(layout: StackLayout, channels) -> tuple[int, ...] | None:
     return tuple(chosen)
 
 
-def _checked_count(value, name: str, minimum: int) -> int:
+def whole_number(value, name: str, minimum: int) -> int:
+    """``value`` as an int of at least ``minimum``; bools and non-integers are an InputError."""
+    if isinstance(value, (bool, np.bool_)):
+        raise InputError(f"{name} must be an integer, got {value!r}.")
     try:
-        value = operator.index(value)
+        number = operator.index(value)
     except TypeError:
         raise InputError(f"{name} must be an integer, got {value!r}.") from None
-    if value < minimum:
-        raise InputError(f"{name} must be at least {minimum}, got {value}.")
-    return value
+    if number < minimum:
+        raise InputError(f"{name} must be at least {minimum}, got {number}.")
+    return int(number)

@@ -8,7 +8,6 @@ may lie anywhere from -0.5 to size - 0.5 along each axis and still be on the ima
 from __future__ import annotations
 
 import math
-import operator
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -16,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import InputError
+from .frames import whole_number
 
 # Label values are stored as int32, so object ids must fit.
 MAX_OBJ_ID = np.iinfo(np.int32).max
@@ -39,7 +39,7 @@ class Prompt:
     box: tuple | None = None
 
     def __post_init__(self):
-        object.__setattr__(self, "frame", _whole_number(self.frame, "frame", minimum=0))
+        object.__setattr__(self, "frame", whole_number(self.frame, "frame", minimum=0))
         object.__setattr__(self, "obj_id", _obj_id(self.obj_id))
         points = _points(self.points)
         object.__setattr__(self, "points", points)
@@ -149,21 +149,9 @@ def prompt_list(prompts) -> list[Prompt]:
     return prompts
 
 
-def _whole_number(value, name: str, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise InputError(f"{name} must be a whole number, got {value!r}.")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise InputError(f"{name} must be a whole number, got {value!r}.") from None
-    if number < minimum:
-        raise InputError(f"{name} must be {minimum} or more, got {number}.")
-    return int(number)
-
-
 def _obj_id(value) -> int:
     try:
-        obj_id = _whole_number(value, "obj_id", minimum=1)
+        obj_id = whole_number(value, "obj_id", minimum=1)
     except InputError:
         raise InputError(
             f"obj_id must be a whole number of 1 or more (it becomes the label value; 0 is background), got {value!r}."

@@ -187,8 +187,8 @@ class Tracker:
 
         features = self._frame_features(frame_idx)
         with autocast(self.device):
-            pix = self._conditioned_features([obj], features, frame_idx, is_init, reverse)
-            multimask = self._use_multimask(is_init, point_labels.shape[1])
+            pix = self._conditioned_features(obj, features, frame_idx, is_init, reverse)
+            multimask = self._use_multimask(point_labels.shape[1])
             out = self.model.decode(pix, features.high_res, coords, point_labels, mask_input=prev_logits,
                                     multimask_output=multimask)
         temp[frame_idx] = self._compact(out, 0)
@@ -303,7 +303,7 @@ class Tracker:
                 pix = self.model.condition_on_memory(
                     batch, torch.cat([m.tokens for m in mems]), torch.cat([m.pos for m in mems]), mems[0].num_ptr_tokens
                 )
-                out = self.model.decode(pix, batch.high_res, multimask_output=self._use_multimask(False, 0))
+                out = self.model.decode(pix, batch.high_res, multimask_output=self._use_multimask(0))
                 maskmem, pos = self.model.encode_memory(batch, out.high_res, out.object_score_logits, binarize=False)
             self._remember_pos(pos)
             for i, obj in enumerate(group):
@@ -312,10 +312,10 @@ class Tracker:
                 outputs[obj.obj_id] = compact
         return outputs
 
-    def _conditioned_features(self, objects, features: FrameFeatures, frame_idx, is_init, reverse):
+    def _conditioned_features(self, obj, features: FrameFeatures, frame_idx, is_init, reverse):
         if is_init:
             return self.model.features_without_memory(features)
-        mem = self._memory(objects[0], frame_idx, reverse)
+        mem = self._memory(obj, frame_idx, reverse)
         return self.model.condition_on_memory(features, mem.tokens, mem.pos, mem.num_ptr_tokens)
 
     def _memory(self, obj: _ObjectTrack, frame_idx, reverse) -> _Memory:
@@ -359,7 +359,8 @@ class Tracker:
             num_ptr_tokens = ptr_tokens.shape[1]
         return _Memory(torch.cat(tokens, dim=1), torch.cat(pos, dim=1), num_ptr_tokens)
 
-    def _use_multimask(self, is_init: bool, num_points: int) -> bool:
+    def _use_multimask(self, num_points: int) -> bool:
+        # Meta also multimasks on tracked frames (multimask_output_for_tracking): only the click count matters
         cfg = self.model.config
         return cfg.multimask_min_pt_num <= num_points <= cfg.multimask_max_pt_num
 
