@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_sam2._napari.samples import make_nuclei_stack
+from napari_sam2.sample_data import make_nuclei_stack
 from napari_sam2.api import (
     Prompt,
     clear_model_cache,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from napari_sam2 import InputError
-from napari_sam2._napari.samples import make_nuclei_stack
+from napari_sam2.sample_data import make_nuclei_stack
 from napari_sam2.engine import Tracker
 from napari_sam2.frames import StackFrames
 

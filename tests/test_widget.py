@@ -13,7 +13,7 @@ import pytest
 from napari_sam2._napari import widget as widget_module
 from napari_sam2._napari.layers import OBJ_ID, POSITIVE
 from napari_sam2._napari.prompt_layers import NEGATIVE_BORDER, POSITIVE_BORDER, object_colour, polarity_from_click
-from napari_sam2._napari.samples import make_nuclei_stack
+from napari_sam2.sample_data import make_nuclei_stack
 from napari_sam2._napari.widget import CHECKPOINT_FILE, Sam2Widget
 from sam2_clicks import confident_clicks
 

@@ -94,6 +94,150 @@ def _add_models_commands(subparsers) -> None:
     register.set_defaults(handler=_models_register)
 
 
+# ---------------------------------------------------------------- segment
+
+
+def _comma_list(text: str, kind, what: str) -> list:
+    try:
+        return [kind(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what}: expected numbers separated by commas, got {text!r}") from None
+
+
+def _channel_list(text: str) -> list[int]:
+    return _comma_list(text, int, "--channels")
+
+
+def _intensity_range(text: str) -> list[float]:
+    values = _comma_list(text, float, "--intensity-range")
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"--intensity-range: expected LOW,HIGH, got {text!r}")
+    return values
+
+
+def _load_model(name_or_path: str, device: str, quiet: bool):
+    from .model_cache import get_model
+
+    bar = None if quiet else models.TextProgressBar(f"downloading {name_or_path}")
+    try:
+        path = models.model_path(name_or_path, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return get_model(path, device)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import file_segmentation as files
+
+    stacks = files.expand_inputs(args.stacks)
+    jobs = files.plan_jobs(stacks, args.prompts, args.out, args.overwrite)
+    for job in jobs:  # every stack and prompts file checked before the model is loaded or a pixel is read
+        files.prepare_stack(job, args.axis, args.channels, pixels=False)
+    model = _load_model(args.model, args.device, args.quiet)
+    failed = 0
+    for job in jobs:
+        bar = None if args.quiet else models.TextProgressBar(job.stack.name, unit="frames")
+        try:
+            stack = files.prepare_stack(job, args.axis, args.channels)
+            labels = files.segment_prepared(stack, model, direction=args.direction,
+                                            intensity_range=args.intensity_range, progress=bar)
+            files.write_labels(stack, labels, args.overwrite)
+        except torch.OutOfMemoryError:
+            _error(f"{job.stack}: out of memory on {model.device}; try a smaller model (--model sam2.1_hiera_tiny) "
+                   "or --device cpu.")
+            failed += 1
+            continue
+        except (OSError, RuntimeError) as exc:  # this stack failed; the others may still work
+            _error(f"{job.stack}: {exc}")
+            failed += 1
+            continue
+        finally:
+            if bar is not None:
+                bar.close()
+        print(job.out, flush=True)
+    if failed:
+        _error(f"{failed} of {len(jobs)} stack(s) failed; the others were written.")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _add_segment_commands(subparsers) -> None:
+    from .model_cache import DEFAULT_MODEL
+    from .tracking import DIRECTIONS
+
+    command = subparsers.add_parser(
+        "segment",
+        help="segment and track objects through TIFF stacks, from prompts saved in napari",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Track the prompted objects through each stack along one axis (z or t) and write an integer label TIFF\n"
+            "(label value = object id) with the stack's axes and pixel sizes.\n\n"
+            "Prompts: the CSV a napari Points layer saves (File > Save Selected Layers), with columns axis-0,\n"
+            "axis-1, ... (the point's position on each axis of the stack), positive (True/False) and obj_id (1, 2,\n"
+            "...), as the napari-sam2 widget's Points layer has them; or JSON: a list of\n"
+            '{"frame": 12, "obj_id": 1, "points": [[row, col]], "labels": [1], "box": [row0, col0, row1, col1]}.\n\n'
+            "File names may be templates with {stem} (the stack's name without .tif), {name} and {dir}."
+        ),
+        epilog=(
+            "examples:\n"
+            "  napari-sam2 segment nuclei.tif --prompts nuclei.csv --out nuclei_labels.tif\n"
+            "  napari-sam2 segment 'data/*.tif' --prompts '{dir}/{stem}.csv' --out 'results/{stem}_labels.tif'\n\n"
+            "exit status: 0 all written, 2 bad usage or input (nothing written), 1 a stack failed."
+        ),
+    )
+    command.add_argument("stacks", nargs="+", metavar="STACK", help="TIFF / OME-TIFF stacks, or glob patterns")
+    command.add_argument(
+        "--prompts", action="append", metavar="FILE",
+        help="prompts file (.csv or .json); once per stack, in order, or one template (default: {dir}/{stem}.csv, "
+        "then {dir}/{stem}.json)",
+    )
+    command.add_argument(
+        "--out", metavar="FILE", help="output TIFF, folder, or template (default: {dir}/{stem}_labels.tif)"
+    )
+    command.add_argument(
+        "--axis", help="axis to propagate along: z, t, or an axis index (default: the stack's only non-image axis)"
+    )
+    command.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or checkpoint path (default {DEFAULT_MODEL})")
+    command.add_argument("--device", default="auto", help="auto (default), cuda, cuda:N, mps or cpu")
+    command.add_argument("--direction", choices=DIRECTIONS, default="both", help="from the prompted frames (default both)")
+    command.add_argument("--channels", type=_channel_list, help="up to 3 channel indices shown to SAM2 as RGB, e.g. 0,2")
+    command.add_argument(
+        "--intensity-range", type=_intensity_range, metavar="LOW,HIGH",
+        help="intensities mapped to black and white (default: 0.5 and 99.5 percentiles of the stack)",
+    )
+    command.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    command.add_argument("--quiet", action="store_true", help="no progress bars")
+    command.set_defaults(handler=_segment)
+
+
+# ---------------------------------------------------------------- sample
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from .sample_files import write_sample
+
+    for path in write_sample(args.kind, args.out, overwrite=args.overwrite):
+        print(path)
+    return EXIT_OK
+
+
+def _add_sample_commands(subparsers) -> None:
+    from .sample_files import SAMPLES
+
+    command = subparsers.add_parser(
+        "sample",
+        help="write a synthetic sample stack, its ground truth and a prompts CSV (to try `segment`)",
+        description="Writes KIND.tif (the stack), KIND_truth.tif (ground-truth labels) and KIND.csv (one click per "
+        "object, as napari's Points layer saves it) into the folder given by --out.",
+    )
+    command.add_argument("kind", choices=tuple(SAMPLES), help="3D nuclei (z, y, x) or a time-lapse of cells (t, y, x)")
+    command.add_argument("--out", default=".", metavar="FOLDER", help="folder to write into (default: here)")
+    command.add_argument("--overwrite", action="store_true", help="replace existing files")
+    command.set_defaults(handler=_sample)
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -102,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_models_commands(commands)
+    _add_segment_commands(commands)
+    _add_sample_commands(commands)
     return parser
 
 

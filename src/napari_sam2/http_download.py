@@ -285,13 +285,16 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None,
 
 
 class TextProgressBar:
-    """A download progress display on stderr: a redrawn bar on a terminal, a line per 10 % elsewhere.
+    """A progress display on stderr: a redrawn bar on a terminal, a line per 10 % elsewhere.
 
-    Use as the `progress` callable of `download`, then call `close()`.
+    Use as the `progress(done, total)` callable of `download` (bytes, shown in MB) or of a segmentation
+    (``unit="frames"``: counts shown as they are), then call `close()`.
     """
 
-    def __init__(self, label: str, stream=None, width: int = 30):
+    def __init__(self, label: str, stream=None, width: int = 30, unit: str = "MB"):
         self.label = label
+        self.unit = unit
+        self._scale = 1e6 if unit == "MB" else 1
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
@@ -327,7 +330,10 @@ class TextProgressBar:
 
     def _line(self, done: int, total: int | None) -> str:
         if not total:
-            return f"{self.label}  {done / 1e6:.1f} MB"
+            return f"{self.label}  {self._amount(done)} {self.unit}"
         filled = min(self.width, done * self.width // total)
         bar = "#" * filled + "." * (self.width - filled)
-        return f"{self.label}  [{bar}] {done / 1e6:.1f}/{total / 1e6:.1f} MB {done * 100 // total:3d}%"
+        return f"{self.label}  [{bar}] {self._amount(done)}/{self._amount(total)} {self.unit} {done * 100 // total:3d}%"
+
+    def _amount(self, count: int) -> str:
+        return f"{count / self._scale:.1f}" if self._scale != 1 else str(count)

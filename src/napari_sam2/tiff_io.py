@@ -50,8 +50,12 @@ class TiffStack:
     unit: str | None = None  # unit of pixel_sizes, "µm" when the file's unit is a known length unit
 
 
-def read_tiff(path) -> TiffStack:
-    """Read the first image series of a TIFF file, memory-mapped where the file allows it."""
+def read_tiff(path, pixels: bool = True) -> TiffStack:
+    """Read the first image series of a TIFF file, memory-mapped where the file allows it.
+
+    With ``pixels=False`` only the layout is read: ``data`` then has the right shape and dtype but no pixels (all
+    zeros, taking no memory), for checking many files before reading any of them.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(f"Cannot read {path}: no such file.")
@@ -62,7 +66,7 @@ def read_tiff(path) -> TiffStack:
             series = tif.series[0]
             axes = series.axes
             pixel_sizes, unit = _pixel_sizes(tif)
-            data = _memmap_or_load(path, tif)
+            data = _memmap_or_load(path, tif) if pixels else np.broadcast_to(np.zeros((), series.dtype), series.shape)
     except InputError:
         raise
     except Exception as error:  # a corrupt file can fail anywhere in the parser; the user needs the reason

@@ -1,0 +1,264 @@
+"""Segment TIFF stacks on disk: pair each stack with its prompts file and its output, check everything before the
+first model is loaded, track, and write the labels with the stack's axes and pixel sizes.
+
+The command line's ``segment`` is a thin layer over this module.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .api import stream_stack
+from .errors import InputError
+from .frames import whole_number
+from .prompt_files import Position, read_prompt_file
+from .prompts import Prompt, check_prompts_fit
+from .stack_axes import StackAxes, stack_axes
+from .tiff_io import TiffStack, read_tiff, write_labels_tiff
+
+DEFAULT_PROMPTS = ("{dir}/{stem}.csv", "{dir}/{stem}.json")
+DEFAULT_OUT = "{dir}/{stem}_labels.tif"
+MAX_RGB_CHANNELS = 3
+_TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One stack, the file with its prompts, and where its labels go."""
+
+    stack: Path
+    prompts: Path
+    out: Path
+
+
+@dataclass(frozen=True)
+class PreparedStack:
+    """A stack read (memory-mapped where possible) with its prompts checked, ready to segment."""
+
+    job: FileJob
+    image: TiffStack
+    axes: StackAxes
+    channels: tuple[int, ...] | None
+    runs: dict[Position, list[Prompt]]  # one tracking run per position of the further axes
+
+    @property
+    def n_frames(self) -> int:
+        return self.axes.shape[self.axes.frame_axis]
+
+
+def expand_inputs(patterns: Sequence[str]) -> list[Path]:
+    """Paths of the stacks to segment: each argument is a file, or a glob pattern (quoted, or from a shell that does
+    not expand it) matching files. Duplicates are dropped; order is kept."""
+    found: list[Path] = []
+    for pattern in patterns:
+        if os.path.isfile(pattern):
+            matches = [pattern]
+        elif glob.has_magic(pattern):
+            matches = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
+            if not matches:
+                raise InputError(f"No file matches {pattern}.")
+        elif os.path.isdir(pattern):
+            raise InputError(f"{pattern} is a folder; give the stacks in it, e.g. '{os.path.join(pattern, '*.tif')}'.")
+        else:
+            raise InputError(f"Cannot read {pattern}: no such file.")
+        for match in matches:
+            path = Path(match)
+            if path not in found:
+                found.append(path)
+    return found
+
+
+def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | None, overwrite: bool) -> list[FileJob]:
+    """Pair every stack with its prompts file and output path.
+
+    ``prompts``: one path per stack (in order), or one template such as ``{dir}/{stem}.csv``, or None for the
+    defaults (``STACK.csv`` or ``STACK.json`` beside each stack). ``out``: a file (one stack), a folder (existing, or
+    ending in a path separator), a template such as ``results/{stem}_labels.tif``, or None for
+    ``STACK_labels.tif`` beside each stack. Placeholders: {stem} (name without .tif / .ome.tif), {name}, {dir}.
+    No output may overwrite an existing file without ``overwrite``, a stack, or another stack's output.
+    """
+    jobs = [FileJob(stack, _prompts_for(stack, index, stacks, prompts), _out_for(stack, stacks, out))
+            for index, stack in enumerate(stacks)]
+    inputs = {_identity(job.stack) for job in jobs}
+    seen: dict[Path, Path] = {}
+    for job in jobs:
+        identity = _identity(job.out)
+        if identity in inputs:
+            raise InputError(f"The output {job.out} is one of the input stacks; choose another --out.")
+        if identity in seen:
+            raise InputError(
+                f"{seen[identity]} and {job.stack} would both be written to {job.out}; use a template such as "
+                "--out '{dir}/{stem}_labels.tif'."
+            )
+        seen[identity] = job.stack
+        if job.out.exists() and not overwrite:
+            raise InputError(f"{job.out} already exists; pass --overwrite to replace it, or choose another --out.")
+        if not job.out.parent.is_dir():
+            raise InputError(f"Cannot write {job.out}: the folder {job.out.parent} does not exist.")
+    return jobs
+
+
+def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None, pixels: bool = True) -> PreparedStack:
+    """Read the stack's layout and its prompts and check that they fit together, without loading any model.
+
+    ``pixels=False`` reads only the layout (see ``read_tiff``): to check many stacks before segmenting any.
+    """
+    image = read_tiff(job.stack, pixels=pixels)
+    try:
+        axes = stack_axes(image.axes, image.data.shape, axis)
+        chosen = _chosen_channels(axes, channels)
+    except InputError as error:
+        raise InputError(f"{job.stack}: {error}") from None
+    runs = read_prompt_file(job.prompts, axes)
+    height, width = (axes.shape[a] for a in axes.spatial_axes)
+    for prompts in runs.values():
+        try:
+            check_prompts_fit(prompts, axes.shape[axes.frame_axis], (height, width))
+        except InputError as error:
+            raise InputError(f"{job.prompts}: {error}") from None
+    return PreparedStack(job, image, axes, chosen, runs)
+
+
+def segment_prepared(
+    stack: PreparedStack,
+    model,
+    device="auto",
+    direction: str = "both",
+    intensity_range=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Track the objects of every run through the stack; returns labels over the stack's axes minus channels."""
+    axes = stack.axes
+    largest = max(prompt.obj_id for prompts in stack.runs.values() for prompt in prompts)
+    labels = np.zeros(axes.label_shape, np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32)
+    frame_position = axes.label_axes.index(axes.frame_axis)
+    # Runs start one after the other (each holds its own frames and memories); the total counts every frame of
+    # a run not started yet, and shrinks to the run's own count once it starts.
+    run_totals = {position: stack.n_frames for position in stack.runs}
+    done = 0
+    for position, prompts in stack.runs.items():
+        run = stream_stack(
+            stack.image.data, prompts, axis=axes.frame_axis, model=model, device=device, direction=direction,
+            channel_axis=axes.channel_axis, channels=stack.channels, intensity_range=intensity_range,
+            fixed_indices=dict(position) or None,
+        )
+        run_totals[position] = run.total
+        index: list = [slice(None)] * len(axes.label_axes)
+        for axis, at in position:
+            index[axes.label_axes.index(axis)] = at
+        finished: set[int] = set()
+        for result in run:
+            index[frame_position] = result.frame
+            labels[tuple(index)] = result.labels
+            if result.frame not in finished:
+                finished.add(result.frame)
+                done += 1
+                if progress is not None:
+                    progress(done, sum(run_totals.values()))
+        run_totals[position] = len(finished)  # a run may end early; count what it did
+    return labels
+
+
+def write_labels(stack: PreparedStack, labels: np.ndarray, overwrite: bool) -> None:
+    """Write the labels with the stack's axes and pixel sizes; a file appears only once it is complete."""
+    out = stack.job.out
+    if out.exists() and not overwrite:  # it may have appeared while the stack was being segmented
+        raise InputError(f"{out} already exists; pass --overwrite to replace it.")
+    handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    os.close(handle)
+    try:
+        unit = {"unit": stack.image.unit} if stack.image.unit else {}
+        write_labels_tiff(temporary, labels, stack.axes.label_letters, stack.image.pixel_sizes, **unit)
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _chosen_channels(axes: StackAxes, channels) -> tuple[int, ...] | None:
+    if axes.channel_axis is None:
+        if channels:
+            raise InputError(f"--channels was given but the stack has no channel axis (axes {axes.letters}).")
+        return None
+    count = axes.shape[axes.channel_axis]
+    if not channels:
+        if axes.letters[axes.channel_axis] == "S" and count == 4:
+            return (0, 1, 2)  # RGBA: alpha is not part of the picture
+        if count > MAX_RGB_CHANNELS:
+            raise InputError(
+                f"The stack has {count} channels; choose up to 3 to show SAM2 as RGB with --channels, e.g. "
+                "--channels 0 or --channels 0,2."
+            )
+        return None
+    chosen = tuple(whole_number(channel, "channel", minimum=0) for channel in channels)
+    if len(chosen) > MAX_RGB_CHANNELS or any(channel >= count for channel in chosen):
+        raise InputError(f"--channels takes up to 3 of the stack's channels 0 to {count - 1}; got {list(chosen)}.")
+    return chosen
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in _TIFF_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _fill(template: str, stack: Path) -> Path:
+    try:
+        return Path(template.format(stem=_stem(stack), name=stack.name, dir=str(stack.parent)))
+    except (KeyError, IndexError, ValueError) as error:
+        raise InputError(
+            f"Cannot use {template!r} as a file name template ({error}); its placeholders may be {{stem}}, {{name}} "
+            "and {dir}."
+        ) from None
+
+
+def _is_template(text: str) -> bool:
+    return "{" in text
+
+
+def _prompts_for(stack: Path, index: int, stacks: Sequence[Path], prompts: Sequence[str] | None) -> Path:
+    if not prompts:
+        candidates = [_fill(template, stack) for template in DEFAULT_PROMPTS]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        raise InputError(
+            f"No prompts for {stack}: give --prompts, or put them in {candidates[0]} (napari Points CSV) or "
+            f"{candidates[1]}."
+        )
+    if len(prompts) == 1 and _is_template(prompts[0]):
+        return _fill(prompts[0], stack)
+    if len(prompts) == len(stacks):
+        return Path(prompts[index])
+    raise InputError(
+        f"{len(stacks)} stacks but {len(prompts)} prompts files: give one --prompts per stack, in the same order, "
+        "or one template such as --prompts '{dir}/{stem}.csv'."
+    )
+
+
+def _out_for(stack: Path, stacks: Sequence[Path], out: str | None) -> Path:
+    if out is None:
+        return _fill(DEFAULT_OUT, stack)
+    if _is_template(out):
+        return _fill(out, stack)
+    if os.path.isdir(out) or out.endswith(("/", os.sep)):
+        return Path(out) / f"{_stem(stack)}_labels.tif"
+    if len(stacks) > 1:
+        raise InputError(
+            f"{len(stacks)} stacks cannot all be written to {out}: give a folder, or a template such as "
+            "--out 'results/{stem}_labels.tif'."
+        )
+    return Path(out)
+
+
+def _identity(path: Path) -> Path:
+    return path.resolve()

@@ -1,0 +1,133 @@
+"""Which axis of an image file is what: the frame axis to propagate along, the channel axis, the two image axes,
+and any further axes (whose position the prompts give), from the file's axis letters (tifffile's: T, Z, C, Y, X,
+S for RGB samples, Q or I for an axis of unknown meaning).
+
+No napari and no torch here: the command line and the file readers share this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import InputError
+
+CHANNEL_LETTERS = "CS"  # channels, and RGB(A) samples
+UNNAMED_LETTERS = "QI"  # tifffile's letters for an axis whose meaning the file does not say
+
+
+@dataclass(frozen=True)
+class StackAxes:
+    """The roles of the axes of an array whose axes are named by ``letters``."""
+
+    letters: str
+    shape: tuple[int, ...]
+    frame_axis: int
+    channel_axis: int | None
+    spatial_axes: tuple[int, int]
+    other_axes: tuple[int, ...]  # neither frames, channels nor image axes: prompts pin them (e.g. T when tracking Z)
+
+    @property
+    def label_axes(self) -> tuple[int, ...]:
+        """The axes a label image of this stack has: every axis but the channel axis, in the file's order."""
+        return tuple(axis for axis in range(len(self.shape)) if axis != self.channel_axis)
+
+    @property
+    def label_letters(self) -> str:
+        return "".join(self.letters[axis] for axis in self.label_axes)
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[axis] for axis in self.label_axes)
+
+
+def stack_axes(letters: str, shape, axis=None) -> StackAxes:
+    """The roles of the axes of an array of ``shape`` with axis ``letters``.
+
+    ``axis`` picks the frame axis: an axis letter ("z", "t", ...), an index into the axes (negative counts from the
+    end, as a string or int), or None for the only axis that is neither an image nor a channel axis. An axis of
+    unknown meaning (Q / I) stands in for "z" or "t" when it is the only candidate.
+    """
+    letters = _planar_samples_as_unnamed(str(letters).upper())
+    shape = tuple(int(size) for size in shape)
+    if len(letters) != len(shape):
+        raise InputError(f"The axes {letters!r} do not match the shape {shape}.")
+    channel_axes = [index for index, letter in enumerate(letters) if letter in CHANNEL_LETTERS]
+    if len(channel_axes) > 1:
+        raise InputError(
+            f"The image has two channel axes ({letters}); napari-sam2 handles one. Save the channels along one axis."
+        )
+    channel_axis = channel_axes[0] if channel_axes else None
+    spatial = _spatial_axes(letters, channel_axis)
+    candidates = [
+        index for index in range(len(letters)) if index not in spatial and index != channel_axis
+    ]
+    if not candidates:
+        raise InputError(
+            f"This is a single 2D image (axes {letters}, shape {shape}): there is no z or t axis to propagate along. "
+            "Segment one image with napari_sam2.segment_image, or give a stack."
+        )
+    frame_axis = _frame_axis(axis, letters, candidates)
+    others = tuple(index for index in candidates if index != frame_axis)
+    return StackAxes(letters, shape, frame_axis, channel_axis, spatial, others)
+
+
+def _planar_samples_as_unnamed(letters: str) -> str:
+    """tifffile (before 2026) saves a plain 3- or 4-slice stack as a planar RGB(A) image, axes "SYX". Such a file
+    has no other axis to propagate along, so its sample axis is taken for the slices it most likely is."""
+    if "S" in letters and not letters.endswith("S") and all(letter in "SYX" for letter in letters):
+        return letters.replace("S", "Q")
+    return letters
+
+
+def _spatial_axes(letters: str, channel_axis: int | None) -> tuple[int, int]:
+    if "Y" in letters and "X" in letters:
+        return letters.index("Y"), letters.index("X")
+    rest = [index for index in range(len(letters)) if index != channel_axis]
+    if len(rest) < 2:
+        raise InputError(f"The image has axes {letters}: it needs two image axes (rows and columns).")
+    return rest[-2], rest[-1]
+
+
+def _describe(letters: str, candidates: list[int]) -> str:
+    return " or ".join(
+        f"--axis {letters[i].lower()}" if letters[i] not in UNNAMED_LETTERS else f"--axis {i}" for i in candidates
+    )
+
+
+def _frame_axis(axis, letters: str, candidates: list[int]) -> int:
+    if axis is None:
+        if len(candidates) == 1:
+            return candidates[0]
+        raise InputError(
+            f"The stack has axes {letters}: say which axis to propagate along ({_describe(letters, candidates)})."
+        )
+    text = str(axis).strip()
+    try:
+        index = int(text)
+    except ValueError:
+        return _frame_axis_by_letter(text, letters, candidates)
+    if not -len(letters) <= index < len(letters):
+        raise InputError(f"--axis {index} is not an axis of the stack: it has {len(letters)} axes ({letters}).")
+    index %= len(letters)
+    if index not in candidates:
+        raise InputError(
+            f"Axis {index} ({letters[index]}) of the stack ({letters}) is an image or channel axis; propagate along "
+            f"{_describe(letters, candidates)}."
+        )
+    return index
+
+
+def _frame_axis_by_letter(text: str, letters: str, candidates: list[int]) -> int:
+    letter = text.upper()
+    if len(letter) != 1 or not letter.isalpha():
+        raise InputError(f"--axis takes an axis letter (z, t) or an axis index; got {text!r}.")
+    named = [index for index in candidates if letters[index] == letter]
+    if named:
+        return named[0]
+    unnamed = [index for index in candidates if letters[index] in UNNAMED_LETTERS]
+    if letter in "ZT" and len(candidates) == 1 and unnamed:
+        return unnamed[0]  # e.g. a plain 3D TIFF ("QYX"): its one unnamed axis is the z or t the user means
+    raise InputError(
+        f"The stack has no {letter.lower()} axis to propagate along (its axes are {letters}); use "
+        f"{_describe(letters, candidates)}."
+    )
