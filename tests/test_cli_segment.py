@@ -163,6 +163,18 @@ def test_axis_order_y_z_x_with_letter_columns_and_json(tmp_path, stack, prompts,
         np.testing.assert_array_equal(written.data, np.moveaxis(expected, 0, 1))
 
 
+def test_unnamed_axes_and_an_axis_index_as_for_segment_stack(tmp_path, stack, prompts, expected, use_fast_model, capsys):
+    data = np.ascontiguousarray(np.moveaxis(stack, 0, 2))  # (y, x, z), saved plainly: tifffile guesses "QYX"
+    source = tmp_path / "yxz.tif"
+    tifffile.imwrite(source, data)
+    save_points_csv(tmp_path / "yxz.csv", prompts, lambda frame, row, col: (row, col, frame))
+
+    status, _, stderr = run([source, "--axis", "2", "--quiet"], capsys)  # prompts found beside the stack
+
+    assert status == 0, stderr
+    np.testing.assert_array_equal(read_tiff(tmp_path / "yxz_labels.tif").data, np.moveaxis(expected, 0, 2))
+
+
 def test_4d_with_channels_tracks_along_z_at_each_prompted_time(tmp_path, stack, prompts, expected, fast_model, use_fast_model, capsys):
     # (t, z, c, y, x): two time points, two channels; the prompts are at t = 1 and the grey channel is channel 1.
     data = np.zeros((2, *stack.shape[:1], 2, *stack.shape[1:]), stack.dtype)

@@ -47,16 +47,26 @@ def stack_axes(letters: str, shape, axis=None) -> StackAxes:
     end, as a string or int), or None for the only axis that is neither an image nor a channel axis. An axis of
     unknown meaning (Q / I) stands in for "z" or "t" when it is the only candidate.
     """
-    letters = _planar_samples_as_unnamed(str(letters).upper())
+    letters = str(letters).upper()
     shape = tuple(int(size) for size in shape)
     if len(letters) != len(shape):
         raise InputError(f"The axes {letters!r} do not match the shape {shape}.")
+    letters = _samples_taken_for_slices(letters, axis)
     channel_axes = [index for index, letter in enumerate(letters) if letter in CHANNEL_LETTERS]
     if len(channel_axes) > 1:
         raise InputError(
             f"The image has two channel axes ({letters}); napari-sam2 handles one. Save the channels along one axis."
         )
     channel_axis = channel_axes[0] if channel_axes else None
+    if _guessed_layout(letters) and _as_index(axis, len(letters)) not in (None, channel_axis):
+        # tifffile calls the last two axes of a file that does not name its axes Y and X; an axis index chosen by
+        # the user is the frame axis even so, and the two remaining axes are the image, as for segment_stack.
+        frame_axis = _as_index(axis, len(letters))
+        rest = [index for index in range(len(letters)) if index not in (frame_axis, channel_axis)]
+        if len(rest) < 2:
+            raise InputError(f"The image has axes {letters}: besides axis {frame_axis} it needs two image axes.")
+        spatial = (rest[-2], rest[-1])
+        return StackAxes(letters, shape, frame_axis, channel_axis, spatial, tuple(rest[:-2]))
     spatial = _spatial_axes(letters, channel_axis)
     candidates = [
         index for index in range(len(letters)) if index not in spatial and index != channel_axis
@@ -71,12 +81,30 @@ def stack_axes(letters: str, shape, axis=None) -> StackAxes:
     return StackAxes(letters, shape, frame_axis, channel_axis, spatial, others)
 
 
-def _planar_samples_as_unnamed(letters: str) -> str:
-    """tifffile (before 2026) saves a plain 3- or 4-slice stack as a planar RGB(A) image, axes "SYX". Such a file
-    has no other axis to propagate along, so its sample axis is taken for the slices it most likely is."""
-    if "S" in letters and not letters.endswith("S") and all(letter in "SYX" for letter in letters):
-        return letters.replace("S", "Q")
-    return letters
+def _guessed_layout(letters: str) -> bool:
+    """Whether the file left its axes unnamed (tifffile then names them Q...YX)."""
+    return any(letter in UNNAMED_LETTERS for letter in letters)
+
+
+def _as_index(axis, ndim: int) -> int | None:
+    """``axis`` as a valid axis index, or None when it is a letter, out of range or not given."""
+    try:
+        index = int(str(axis).strip())
+    except ValueError:
+        return None
+    return index % ndim if -ndim <= index < ndim else None
+
+
+def _samples_taken_for_slices(letters: str, axis) -> str:
+    """tifffile (up to 2026) saves a plain stack of 3 or 4 slices as an RGB(A) image: axes "SYX", or "YXS" when the
+    slices are the last axis. Its sample axis is taken for slices (an unnamed axis) when the user chooses it by
+    index, or when it is planar and the file has no other axis to propagate along."""
+    if "S" not in letters:
+        return letters
+    samples = letters.index("S")
+    chosen = _as_index(axis, len(letters)) == samples
+    planar_only = samples != len(letters) - 1 and all(letter in "SYX" for letter in letters)
+    return letters.replace("S", "Q") if chosen or planar_only else letters
 
 
 def _spatial_axes(letters: str, channel_axis: int | None) -> tuple[int, int]:

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .devices import autocast
+from .host_memory import release_freed_host_memory
 from .model import NO_OBJ_SCORE, DecoderOutput, FrameFeatures, Sam2Model
 from .postprocess import fill_holes, non_overlapping
 
@@ -285,7 +286,9 @@ class Tracker:
                 obj.store_tracked(frame_idx, outputs[obj.obj_id], self.keep_frames)
             obj.tracked[frame_idx] = reverse
         outs = [obj.cond[frame_idx] if obj.obj_id not in outputs else outputs[obj.obj_id] for obj in objects]
-        return self._result(frame_idx, [obj.obj_id for obj in objects], outs)
+        result = self._result(frame_idx, [obj.obj_id for obj in objects], outs)
+        release_freed_host_memory()  # keeps a long propagation's resident memory flat
+        return result
 
     def _track(self, frame_idx, objects, reverse) -> dict:
         """Track objects on a frame from their memories, batched by memory layout."""
