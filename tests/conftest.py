@@ -89,3 +89,22 @@ def fast_model(synthetic_checkpoint):
 
     config = get_config("sam2.1_hiera_t").with_(image_size=256)
     return load_model(synthetic_checkpoint("sam2.1_hiera_t", 0), device="cpu", config=config)
+
+
+SMALL_STACK_FRAME = 2  # the frame of small_stack that small_stack_clicks are on
+
+
+@pytest.fixture(scope="session")
+def small_stack():
+    """4 frames of 96 x 128 uint16 nuclei (z, y, x)."""
+    from napari_sam2.sample_data import make_nuclei_stack
+
+    return make_nuclei_stack(shape=(6, 96, 128))[0][1:5]
+
+
+@pytest.fixture(scope="session")
+def small_stack_clicks(small_stack, fast_model):
+    """Two (row, col) clicks on SMALL_STACK_FRAME that the random-weight fast model answers with masks."""
+    from sam2_clicks import confident_clicks
+
+    return confident_clicks(fast_model, small_stack, SMALL_STACK_FRAME)

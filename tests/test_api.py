@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from napari_sam2.sample_data import make_nuclei_stack
 from napari_sam2.api import (
     Prompt,
     clear_model_cache,
@@ -15,21 +14,19 @@ from napari_sam2.api import (
 from napari_sam2.engine import ImagePredictor, Tracker
 from napari_sam2.errors import InputError
 from napari_sam2.frames import StackFrames
-from sam2_clicks import confident_clicks
+from conftest import SMALL_STACK_FRAME
 
-FRAME = 2  # the prompted frame
-
-
-@pytest.fixture(scope="module")
-def stack():
-    """4 frames of 96 x 128 uint16 nuclei."""
-    return make_nuclei_stack(shape=(6, 96, 128))[0][1:5]
+FRAME = SMALL_STACK_FRAME  # the prompted frame
 
 
 @pytest.fixture(scope="module")
-def clicks(stack, fast_model):
-    """Two clicks on FRAME that the random-weight model answers with masks."""
-    return confident_clicks(fast_model, stack, FRAME)
+def stack(small_stack):
+    return small_stack
+
+
+@pytest.fixture(scope="module")
+def clicks(small_stack_clicks):
+    return small_stack_clicks
 
 
 @pytest.fixture(scope="module")

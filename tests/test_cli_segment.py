@@ -21,27 +21,22 @@ from napari_sam2.sample_data import make_nuclei_stack
 from napari_sam2.api import Prompt, segment_stack
 from napari_sam2.engine import load_model
 from napari_sam2.file_segmentation import FileJob, prepare_stack
-from napari_sam2.tiff_io import read_tiff
+from napari_sam2.tiff_io import read_tiff, write_labels_tiff
+from conftest import SMALL_STACK_FRAME
 from sam2_clicks import confident_clicks
 
-FRAME = 2
+FRAME = SMALL_STACK_FRAME
 
 
 @pytest.fixture(scope="module")
-def stack():
-    """4 frames of 96 x 128 uint16 nuclei (z, y, x)."""
-    return make_nuclei_stack(shape=(6, 96, 128))[0][1:5]
+def stack(small_stack):
+    return small_stack
 
 
 @pytest.fixture(scope="module")
-def clicks(stack, fast_model):
-    return confident_clicks(fast_model, stack, FRAME)
-
-
-@pytest.fixture(scope="module")
-def prompts(clicks):
+def prompts(small_stack_clicks):
     """Object 1: a positive click and a negative one far from it; object 2: one click."""
-    (r1, c1), (r2, c2) = clicks
+    (r1, c1), (r2, c2) = small_stack_clicks
     return [Prompt(FRAME, 1, [(r1, c1), (90, 2)], [1, 0]), Prompt(FRAME, 2, [(r2, c2)], [1])]
 
 
@@ -203,6 +198,7 @@ def test_many_stacks_with_a_glob_and_templates(tmp_path, stack, prompts, expecte
     for name in ("a", "b"):
         tifffile.imwrite(folder / f"{name}.tif", stack, metadata={"axes": "ZYX"})
         save_points_csv(folder / f"{name}.csv", prompts, zyx)
+    write_labels_tiff(folder / "a_labels.tif", np.zeros(stack.shape, np.uint16), "ZYX")  # an earlier run's output
 
     status, stdout, stderr = run(
         [folder / "*.tif", "--prompts", "{dir}/{stem}.csv", "--out", str(tmp_path / "results" / "{stem}_seg.tif")], capsys

@@ -64,6 +64,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
             matches = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
             if not matches:
                 raise InputError(f"No file matches {pattern}.")
+            matches = _without_earlier_outputs(matches)
         elif os.path.isdir(pattern):
             raise InputError(f"{pattern} is a folder; give the stacks in it, e.g. '{os.path.join(pattern, '*.tif')}'.")
         else:
@@ -73,6 +74,16 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
             if path not in found:
                 found.append(path)
     return found
+
+
+def _without_earlier_outputs(paths: list[str]) -> list[str]:
+    """Drop STACK_labels.tif where STACK.tif is matched too: the output of an earlier run is not a stack."""
+    suffix = Path(DEFAULT_OUT).name.replace("{stem}", "")
+    names = {os.path.join(os.path.dirname(path), _stem(Path(path))) for path in paths}
+    return [
+        path for path in paths
+        if not (path.endswith(suffix) and path[: -len(suffix)] in names)
+    ]
 
 
 def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | None, overwrite: bool) -> list[FileJob]:

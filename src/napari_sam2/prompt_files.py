@@ -26,8 +26,8 @@ from .errors import InputError
 from .prompts import Prompt
 from .stack_axes import StackAxes
 
-POLARITY_COLUMNS = ("positive", "is_positive", "polarity", "point_label", "label", "labels")
-OBJ_ID_COLUMNS = ("obj_id", "object_id", "objectid", "object", "obj", "track_id")
+POLARITY_COLUMNS = ("positive", "is_positive", "polarity", "point_label", "point_type", "sign", "label", "labels")
+OBJ_ID_COLUMNS = ("obj_id", "object_id", "objectid", "object", "obj", "track_id", "label_id", "id")
 _TRUE = {"1", "1.0", "true", "t", "yes", "y", "positive", "pos", "+"}
 _FALSE = {"0", "0.0", "false", "f", "no", "n", "negative", "neg", "-"}
 
