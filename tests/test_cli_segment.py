@@ -194,7 +194,6 @@ def test_4d_with_channels_tracks_along_z_at_each_prompted_time(tmp_path, stack, 
 def test_many_stacks_with_a_glob_and_templates(tmp_path, stack, prompts, expected, use_fast_model, capsys):
     folder = tmp_path / "data"
     folder.mkdir()
-    (tmp_path / "results").mkdir()
     for name in ("a", "b"):
         tifffile.imwrite(folder / f"{name}.tif", stack, metadata={"axes": "ZYX"})
         save_points_csv(folder / f"{name}.csv", prompts, zyx)
@@ -205,7 +204,7 @@ def test_many_stacks_with_a_glob_and_templates(tmp_path, stack, prompts, expecte
     )
 
     assert status == 0, stderr
-    outputs = [tmp_path / "results" / f"{name}_seg.tif" for name in ("a", "b")]
+    outputs = [tmp_path / "results" / f"{name}_seg.tif" for name in ("a", "b")]  # the folder was made
     assert stdout.split() == [str(path) for path in outputs]
     for path in outputs:
         np.testing.assert_array_equal(read_tiff(path).data, expected)
@@ -251,6 +250,7 @@ def _bad_csv(path, text):
         ("empty prompts", "holds no prompts"),
         ("not a tiff", "as a TIFF image"),
         ("output is input", "is one of the input stacks"),
+        ("output under a file", "is a file, not a folder"),
         ("two stacks one output", "cannot all be written"),
         ("bad json", "not valid JSON"),
     ],
@@ -292,6 +292,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, stack, no_
         source.write_text("not an image")
     elif case == "output is input":
         args[4] = source
+    elif case == "output under a file":
+        args[4] = source / "labels.tif"
     elif case == "two stacks one output":
         other = tmp_path / "t.tif"
         tifffile.imwrite(other, stack)

@@ -93,7 +93,7 @@ def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | 
     defaults (``STACK.csv`` or ``STACK.json`` beside each stack). ``out``: a file (one stack), a folder (existing, or
     ending in a path separator), a template such as ``results/{stem}_labels.tif``, or None for
     ``STACK_labels.tif`` beside each stack. Placeholders: {stem} (name without .tif / .ome.tif), {name}, {dir}.
-    No output may overwrite an existing file without ``overwrite``, a stack, or another stack's output.
+    Missing output folders are made when the labels are written. No output may overwrite an existing file without ``overwrite``, a stack, or another stack's output.
     """
     jobs = [FileJob(stack, _prompts_for(stack, index, stacks, prompts), _out_for(stack, stacks, out))
             for index, stack in enumerate(stacks)]
@@ -111,8 +111,9 @@ def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | 
         seen[identity] = job.stack
         if job.out.exists() and not overwrite:
             raise InputError(f"{job.out} already exists; pass --overwrite to replace it, or choose another --out.")
-        if not job.out.parent.is_dir():
-            raise InputError(f"Cannot write {job.out}: the folder {job.out.parent} does not exist.")
+        existing = next(folder for folder in (job.out.parent, *job.out.parent.parents) if folder.exists())
+        if not existing.is_dir():
+            raise InputError(f"Cannot write {job.out}: {existing} is a file, not a folder.")
     return jobs
 
 
@@ -182,6 +183,7 @@ def write_labels(stack: PreparedStack, labels: np.ndarray, overwrite: bool) -> N
     out = stack.job.out
     if out.exists() and not overwrite:  # it may have appeared while the stack was being segmented
         raise InputError(f"{out} already exists; pass --overwrite to replace it.")
+    out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
     os.close(handle)
     try:
