@@ -106,11 +106,27 @@ def child_peak_memory(args, n_frames, reference=False):
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
 
+def peak_rss_mib():
+    """Peak resident memory of this process since it started its program.
+
+    Linux: VmHWM of /proc/self/status. Not ru_maxrss: that carries over through fork and exec, so a child would
+    report at least its parent's resident size at the fork.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, KiB elsewhere
+
+
 def run_child_memory(args):
     args.frames = args.child_memory
     (time_reference if args.reference else time_ours)(args, 1)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_rss_mib": peak_kib / 1024}))
+    print(json.dumps({"peak_rss_mib": peak_rss_mib()}))
 
 
 def main():
