@@ -134,14 +134,14 @@ def _segment(args: argparse.Namespace) -> int:
 
     stacks = files.expand_inputs(args.stacks)
     jobs = files.plan_jobs(stacks, args.prompts, args.out, args.overwrite)
-    for job in jobs:  # every stack and prompts file checked before the model is loaded or a pixel is read
-        files.prepare_stack(job, args.axis, args.channels, pixels=False)
+    # Every stack and prompts file is checked before the model is loaded or a pixel is read.
+    checked = [files.prepare_stack(job, args.axis, args.channels, pixels=False) for job in jobs]
     model = _load_model(args.model, args.device, args.quiet)
     failed = 0
-    for job in jobs:
+    for job, layout_only in zip(jobs, checked):
         bar = None if args.quiet else models.TextProgressBar(job.stack.name, unit="frames")
         try:
-            stack = files.prepare_stack(job, args.axis, args.channels)
+            stack = files.with_pixels(layout_only)
             labels = files.segment_prepared(stack, model, direction=args.direction,
                                             intensity_range=args.intensity_range, progress=bar)
             files.write_labels(stack, labels, args.overwrite)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -120,7 +120,8 @@ def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | 
 def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None, pixels: bool = True) -> PreparedStack:
     """Read the stack's layout and its prompts and check that they fit together, without loading any model.
 
-    ``pixels=False`` reads only the layout (see ``read_tiff``): to check many stacks before segmenting any.
+    ``pixels=False`` reads only the layout (see ``read_tiff``): to check many stacks before segmenting any, then
+    ``with_pixels`` when a stack's turn comes.
     """
     image = read_tiff(job.stack, pixels=pixels)
     try:
@@ -136,6 +137,11 @@ def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None
         except InputError as error:
             raise InputError(f"{job.prompts}: {error}") from None
     return PreparedStack(job, image, axes, chosen, runs)
+
+
+def with_pixels(stack: PreparedStack) -> PreparedStack:
+    """The stack checked by ``prepare_stack(..., pixels=False)``, now with its pixels (memory-mapped where possible)."""
+    return replace(stack, image=read_tiff(stack.job.stack))
 
 
 def segment_prepared(
