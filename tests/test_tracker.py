@@ -1,13 +1,16 @@
 """Tracker behaviour beyond the golden scenarios: batching, flat memory, corrections that stick,
 bidirectional propagation, mask prompts, non-overlap, bad input. Uses the fast 256-px model."""
 
+import platform
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from napari_sam2 import InputError
 from napari_sam2.sample_data import make_nuclei_stack
-from napari_sam2.engine import Tracker
+from napari_sam2.engine import Tracker, host_memory
 from napari_sam2.frames import StackFrames
 
 N_FRAMES = 8
@@ -72,6 +75,36 @@ def test_memory_kept_is_bounded(fast_model, stack):
         assert seen == 32
         assert len(obj.pointers) == 31  # pointers (1 KB each) for every tracked frame
         assert list(obj.non_cond) == list(range(26, 32))  # the frames nearest the last one
+
+
+def _in_heap(t):
+    """Whether a tensor's data lies in the process's [heap] (brk) segment (Linux)."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if line.rstrip().endswith("[heap]"):
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if lo <= t.data_ptr() < hi:
+                    return True
+    return False
+
+
+def test_kept_tensors_are_kept_outside_the_heap(fast_model, frames, stack):
+    # glibc: what the tracker keeps across frames must not pin the heap between the frames' transient buffers
+    on_glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert (host_memory._libc is not None) == on_glibc
+    large, small = torch.randn(1, 64, 64, 64), torch.randn(1, 256)
+    kept = host_memory.outside_heap(large)
+    assert torch.equal(kept, large) and host_memory.outside_heap(small) is small
+    if not on_glibc:
+        assert kept is large
+        return
+    assert kept.data_ptr() != large.data_ptr() and not _in_heap(kept)
+    tracker = Tracker(fast_model, frames)
+    prompt_objects(tracker, stack)
+    run(tracker)
+    features = next(iter(tracker._features.values()))
+    assert not any(_in_heap(x) for x in (features.vision, features.vision_pos, *features.high_res))
+    host_memory.release_freed_host_memory()
 
 
 def test_results_have_the_documented_shapes(fast_model, frames, stack):

@@ -35,7 +35,8 @@ def run_calls(tracker, calls, on_call=None):
             on_call(i)
         if call["op"] == "add":
             res = tracker.add_prompt(call["frame_idx"], call["obj_id"], points=call.get("points"),
-                                     labels=call.get("labels"), box=call.get("box"))
+                                     labels=call.get("labels"), box=call.get("box"),
+                                     clear_old_points=call.get("clear_old_points", True))
             j = res.obj_ids.index(call["obj_id"])
             out[f"c{i}_low_res_logits"] = res.low_res_logits[j].numpy()
             out[f"c{i}_object_score_logits"] = res.object_score_logits[j : j + 1].numpy()
@@ -44,6 +45,8 @@ def run_calls(tracker, calls, on_call=None):
         else:
             results = list(tracker.propagate(call["start_frame_idx"], call["max_frame_num_to_track"], call["reverse"]))
             out[f"c{i}_frame_idx"] = np.array([r.frame_idx for r in results], dtype=np.int32)
+            if not results:  # e.g. reverse from frame 0
+                continue
             out[f"c{i}_low_res_logits"] = np.stack([r.low_res_logits.numpy() for r in results])
             out[f"c{i}_object_score_logits"] = np.stack([r.object_score_logits.numpy() for r in results])
             out[f"c{i}_obj_ptr"] = np.stack([r.obj_ptrs.numpy() for r in results])

@@ -37,7 +37,10 @@ class FrameFeatures:
         return FrameFeatures(rep(self.vision), rep(self.vision_pos), tuple(rep(x) for x in self.high_res))
 
     def to(self, device) -> "FrameFeatures":
-        return FrameFeatures(self.vision.to(device), self.vision_pos.to(device), tuple(x.to(device) for x in self.high_res))
+        return self.map(lambda x: x.to(device))
+
+    def map(self, fn) -> "FrameFeatures":
+        return FrameFeatures(fn(self.vision), fn(self.vision_pos), tuple(fn(x) for x in self.high_res))
 
 
 @dataclass

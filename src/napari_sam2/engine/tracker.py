@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .devices import autocast
-from .host_memory import release_freed_host_memory
+from .host_memory import outside_heap, release_freed_host_memory
 from .model import NO_OBJ_SCORE, DecoderOutput, FrameFeatures, Sam2Model
 from .postprocess import fill_holes, non_overlapping
 
@@ -441,7 +441,8 @@ class Tracker:
 
     # ---- helpers -------------------------------------------------------------------------
     def _store(self, t: torch.Tensor) -> torch.Tensor:
-        return t.detach().to(self.storage_device)
+        # kept across frames: on CPU a large tensor gets a mapping of its own (see host_memory)
+        return outside_heap(t.detach().to(self.storage_device))
 
     def _frame_features(self, frame_idx) -> FrameFeatures:
         """Image features of a frame; the last two frames' are kept (prompts and memory
@@ -457,7 +458,7 @@ class Tracker:
             raise InputError(f"frames[{frame_idx}] has shape {tuple(image.shape)}; the model needs (3, {size}, {size}).")
         with torch.no_grad(), autocast(self.device):
             features = self.model.encode_image(image.to(self.device, torch.float32)[None])
-        self._features[frame_idx] = features
+        self._features[frame_idx] = features = features.map(outside_heap)
         while len(self._features) > 2:
             self._features.popitem(last=False)
         return features
