@@ -67,10 +67,12 @@ class TensorFrames:
 
 
 def golden_frames_u8():
+    """The 16 frames of the two golden videos (uint8, 1024 x 1024 RGB)."""
     return np.concatenate([np.load(GOLDEN / f"{name}.npz")["frames_u8"] for name in ("video_sam2.1_t", "video_sam2_t")])
 
 
 def draw_scenario(seed, all_frames):
+    """A scenario like the golden sidecars' (variant, checkpoint seed, frames, video_hw, calls), drawn from seed."""
     rng = np.random.default_rng(seed)
     n_frames = int(rng.integers(4, 10))
     first = int(rng.integers(0, len(all_frames) - n_frames + 1))
