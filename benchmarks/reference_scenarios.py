@@ -43,7 +43,7 @@ from napari_sam2.testing import write_synthetic_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT.parent / "shared" / "reference" / "golden"
 sys.path.insert(0, str(ROOT / "tests"))
-from video_golden import run_calls  # noqa: E402  (the golden tests' own call runner)
+from video_golden import pack_masks, run_calls  # noqa: E402  (the golden tests' own call runner)
 
 VARIANTS = ["sam2.1_hiera_t", "sam2_hiera_t", "sam2.1_hiera_s", "sam2_hiera_s"]
 
@@ -148,10 +148,6 @@ def meta_predictor(variant, checkpoint, image_size):
     return predictor, svp
 
 
-def _pack(video_res_masks):
-    return np.packbits(video_res_masks[:, 0].numpy() > 0, axis=-1)
-
-
 def run_meta(predictor, svp, images, video_hw, calls):
     """The arrays the golden scenarios store, from Meta's predictor (README of shared/reference)."""
     svp.load_video_frames = lambda *a, **k: (images, video_hw[0], video_hw[1])
@@ -174,7 +170,7 @@ def run_meta(predictor, svp, images, video_hw, calls):
             out[f"c{i}_low_res_logits"] = e["pred_masks"][0, 0].numpy()
             out[f"c{i}_object_score_logits"] = e["object_score_logits"][0].numpy()
             out[f"c{i}_obj_ptr"] = e["obj_ptr"][0].numpy()
-            out[f"c{i}_video_res_masks_packed"] = _pack(masks)
+            out[f"c{i}_video_res_masks_packed"] = pack_masks(masks[:, 0])
         elif op == "propagate":
             frames, low, scores, ptrs, packed = [], [], [], [], []
             for frame_idx, obj_ids, masks in predictor.propagate_in_video(
@@ -184,7 +180,7 @@ def run_meta(predictor, svp, images, video_hw, calls):
                 low.append(np.stack([e["pred_masks"][0, 0].numpy() for e in entries]))
                 scores.append(np.stack([e["object_score_logits"][0, 0].numpy() for e in entries]))
                 ptrs.append(np.stack([e["obj_ptr"][0].numpy() for e in entries]))
-                packed.append(_pack(masks))
+                packed.append(pack_masks(masks[:, 0]))
             out[f"c{i}_frame_idx"] = np.array(frames, dtype=np.int32)
             if not frames:  # e.g. reverse from frame 0
                 continue
@@ -200,28 +196,7 @@ def run_meta(predictor, svp, images, video_hw, calls):
 
 
 def run_ours(model, images, video_hw, calls):
-    tracker = Tracker(model, TensorFrames(images, video_hw))
-    out, pending = {}, []
-    for i, call in enumerate(calls):  # run_calls handles add and propagate; remove and reset are ours to do
-        if call["op"] in ("add", "propagate"):
-            pending.append((i, call))
-            continue
-        out.update(_run_pending(tracker, pending))
-        pending = []
-        if call["op"] == "remove":
-            tracker.remove_object(call["obj_id"])
-        else:
-            tracker.reset()
-    out.update(_run_pending(tracker, pending))
-    return out
-
-
-def _run_pending(tracker, pending):
-    if not pending:
-        return {}
-    produced = run_calls(tracker, [call for _, call in pending])
-    index = {f"c{k}_": f"c{i}_" for k, (i, _) in enumerate(pending)}
-    return {index[name[: name.index("_") + 1]] + name[name.index("_") + 1:]: a for name, a in produced.items()}
+    return run_calls(Tracker(model, TensorFrames(images, video_hw)), calls)
 
 
 def parse_seeds(text):

@@ -24,7 +24,8 @@ class GoldenFrames:
         return (x - MEAN) / STD
 
 
-def _pack(mask_logits):
+def pack_masks(mask_logits):
+    """(n, H, W) logits -> the reference's packed `> 0` bits."""
     return np.packbits(mask_logits.numpy() > 0, axis=-1)
 
 
@@ -41,7 +42,11 @@ def run_calls(tracker, calls, on_call=None):
             out[f"c{i}_low_res_logits"] = res.low_res_logits[j].numpy()
             out[f"c{i}_object_score_logits"] = res.object_score_logits[j : j + 1].numpy()
             out[f"c{i}_obj_ptr"] = res.obj_ptrs[j].numpy()
-            out[f"c{i}_video_res_masks_packed"] = _pack(res.mask_logits)
+            out[f"c{i}_video_res_masks_packed"] = pack_masks(res.mask_logits)
+        elif call["op"] == "remove":
+            tracker.remove_object(call["obj_id"])
+        elif call["op"] == "reset":
+            tracker.reset()
         else:
             results = list(tracker.propagate(call["start_frame_idx"], call["max_frame_num_to_track"], call["reverse"]))
             out[f"c{i}_frame_idx"] = np.array([r.frame_idx for r in results], dtype=np.int32)
@@ -50,5 +55,5 @@ def run_calls(tracker, calls, on_call=None):
             out[f"c{i}_low_res_logits"] = np.stack([r.low_res_logits.numpy() for r in results])
             out[f"c{i}_object_score_logits"] = np.stack([r.object_score_logits.numpy() for r in results])
             out[f"c{i}_obj_ptr"] = np.stack([r.obj_ptrs.numpy() for r in results])
-            out[f"c{i}_video_res_masks_packed"] = np.stack([_pack(r.mask_logits) for r in results])
+            out[f"c{i}_video_res_masks_packed"] = np.stack([pack_masks(r.mask_logits) for r in results])
     return out

@@ -93,7 +93,8 @@ def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | 
     defaults (``STACK.csv`` or ``STACK.json`` beside each stack). ``out``: a file (one stack), a folder (existing, or
     ending in a path separator), a template such as ``results/{stem}_labels.tif``, or None for
     ``STACK_labels.tif`` beside each stack. Placeholders: {stem} (name without .tif / .ome.tif), {name}, {dir}.
-    Missing output folders are made when the labels are written. No output may overwrite an existing file without ``overwrite``, a stack, or another stack's output.
+    Missing output folders are made when the labels are written. No output may overwrite an existing file without
+    ``overwrite``, a stack, or another stack's output.
     """
     jobs = [FileJob(stack, _prompts_for(stack, index, stacks, prompts), _out_for(stack, stacks, out))
             for index, stack in enumerate(stacks)]
