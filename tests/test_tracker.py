@@ -58,7 +58,10 @@ def test_batched_objects_equal_one_at_a_time(fast_model, frames, stack):
         # batched BLAS sums in another order: compare with the reference's video tolerances
         torch.testing.assert_close(a[t].low_res_logits, b[t].low_res_logits, atol=1e-3, rtol=1e-4)
         torch.testing.assert_close(a[t].obj_ptrs, b[t].obj_ptrs, atol=5e-4, rtol=5e-4)
-        assert np.array_equal(a[t].masks(), b[t].masks()) or (a[t].masks() != b[t].masks()).mean() < 1e-4
+        # so a pixel may flip only where its logit is that close to zero in both
+        flipped = torch.from_numpy(a[t].masks() != b[t].masks())
+        near_zero = torch.maximum(a[t].mask_logits.abs(), b[t].mask_logits.abs())[flipped]
+        assert flipped.float().mean() < 1e-3 and bool((near_zero <= 1e-3).all()), near_zero
 
 
 def test_memory_kept_is_bounded(fast_model, stack):

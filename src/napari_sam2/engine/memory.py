@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import LayerNorm2d, PositionEmbeddingSine, RoPEAttention
+from .layers import LayerNorm2d, PositionEmbeddingSine, RoPEAttention, activate_, add_residual_
 
 
 class MaskDownSampler(nn.Module):
@@ -42,7 +42,7 @@ class CXBlock(nn.Module):
 
     def forward(self, x):
         y = self.norm(self.dwconv(x)).permute(0, 2, 3, 1)
-        y = self.gamma * self.pwconv2(self.act(self.pwconv1(y)))
+        y = self.gamma * self.pwconv2(activate_(self.act, self.pwconv1(y)))
         return x + y.permute(0, 3, 1, 2)
 
 
@@ -88,13 +88,14 @@ class MemoryAttentionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, memory, memory_pos, num_k_exclude_rope=0):
+    def forward(self, tgt, memory, memory_keys, num_k_exclude_rope=0):
+        """memory_keys: memory + its position encoding (the same for every layer, so added once)."""
         x = self.norm1(tgt)
-        tgt = tgt + self.self_attn(x, x, x)
+        tgt = add_residual_(self.self_attn(x, x, x), tgt)
         x = self.norm2(tgt)
-        tgt = tgt + self.cross_attn_image(x, memory + memory_pos, memory, num_k_exclude_rope=num_k_exclude_rope)
+        tgt = add_residual_(self.cross_attn_image(x, memory_keys, memory, num_k_exclude_rope=num_k_exclude_rope), tgt)
         x = self.norm3(tgt)
-        return tgt + self.linear2(torch.relu(self.linear1(x)))
+        return add_residual_(self.linear2(torch.relu_(self.linear1(x))), tgt)
 
 
 class MemoryAttention(nn.Module):
@@ -107,6 +108,7 @@ class MemoryAttention(nn.Module):
         """All inputs batch first: curr (B, HW, C), memory (B, M, mem_dim); the last
         `num_obj_ptr_tokens` memory tokens are object pointers (no RoPE)."""
         x = curr + 0.1 * curr_pos
+        memory_keys = memory + memory_pos
         for layer in self.layers:
-            x = layer(x, memory, memory_pos, num_k_exclude_rope=num_obj_ptr_tokens)
+            x = layer(x, memory, memory_keys, num_k_exclude_rope=num_obj_ptr_tokens)
         return self.norm(x)

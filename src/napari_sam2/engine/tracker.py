@@ -433,7 +433,9 @@ class Tracker:
         video = F.interpolate(low_res.to(self.device), size=self.video_hw, mode="bilinear", align_corners=False)
         if self.non_overlap_masks:
             video = non_overlapping(video)
-        return FrameResult(frame_idx, list(obj_ids), video[:, 0].cpu(), low_res[:, 0], scores, ptrs)
+        # the caller holds a result while the next frame is computed: keep it out of that frame's heap
+        return FrameResult(frame_idx, list(obj_ids), outside_heap(video[:, 0].cpu()), outside_heap(low_res[:, 0]),
+                           scores, ptrs)
 
     def _low_res_hw(self):
         size = self.model.sam_prompt_encoder.mask_input_size
