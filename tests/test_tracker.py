@@ -1,7 +1,9 @@
 """Tracker behaviour beyond the golden scenarios: batching, flat memory, corrections that stick,
 bidirectional propagation, mask prompts, non-overlap, bad input. Uses the fast 256-px model."""
 
+import os
 import platform
+import subprocess
 import sys
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from napari_sam2 import InputError
 from napari_sam2.sample_data import make_nuclei_stack
 from napari_sam2.engine import Tracker, host_memory
+from napari_sam2.engine import tracker as tracker_module
 from napari_sam2.frames import StackFrames
 
 N_FRAMES = 8
@@ -108,6 +111,36 @@ def test_kept_tensors_are_kept_outside_the_heap(fast_model, frames, stack):
     features = next(iter(tracker._features.values()))
     assert not any(_in_heap(x) for x in (features.vision, features.vision_pos, *features.high_res))
     host_memory.release_freed_host_memory()
+
+
+_FRESH_HEAP_PROBE = """
+import sys, torch
+from napari_sam2.engine import host_memory
+torch.empty(30 << 20, dtype=torch.uint8)  # made and freed at once: freeing a mapped 30 MiB block raises glibc's own threshold past 20 MiB
+was_set = host_memory.map_large_buffers() if sys.argv[1] == "fix" else False
+buffer = torch.empty(20 << 20, dtype=torch.uint8)
+heap = [l.split()[0].split("-") for l in open("/proc/self/maps") if l.rstrip().endswith("[heap]")]
+in_heap = any(int(lo, 16) <= buffer.data_ptr() < int(hi, 16) for lo, hi in heap)
+print(was_set, in_heap)
+"""
+
+
+def test_large_buffers_bypass_the_heap(fast_model, frames, monkeypatch):
+    # glibc: a frame's biggest transient buffers get mappings of their own instead of fragmenting the heap;
+    # checked in fresh processes, whose heaps hold no free gaps that large
+    if host_memory._libc is None:
+        assert host_memory.map_large_buffers() is False
+        return
+    probe = [sys.executable, "-c", _FRESH_HEAP_PROBE]
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    assert subprocess.run([*probe, "keep"], env=env, capture_output=True, text=True, check=True).stdout.split() == ["False", "True"]
+    assert subprocess.run([*probe, "fix"], env=env, capture_output=True, text=True, check=True).stdout.split() == ["True", "False"]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own choice is left alone
+    assert host_memory.map_large_buffers() is False
+    calls = []
+    monkeypatch.setattr(tracker_module, "map_large_buffers", lambda: calls.append(1))
+    Tracker(fast_model, frames)
+    assert calls == [1]
 
 
 def test_results_have_the_documented_shapes(fast_model, frames, stack):

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .devices import autocast
-from .host_memory import outside_heap, release_freed_host_memory
+from .host_memory import map_large_buffers, outside_heap, release_freed_host_memory
 from .model import NO_OBJ_SCORE, DecoderOutput, FrameFeatures, Sam2Model
 from .postprocess import fill_holes, non_overlapping
 
@@ -147,6 +147,7 @@ class Tracker:
         self._objects: "OrderedDict[int, _ObjectTrack]" = OrderedDict()
         self._features: "OrderedDict[int, FrameFeatures]" = OrderedDict()
         self._maskmem_pos: Optional[torch.Tensor] = None
+        map_large_buffers()  # the biggest per-frame buffers bypass the heap (host_memory)
 
     # ---- public API ----------------------------------------------------------------------
     @property
