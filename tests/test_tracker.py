@@ -116,7 +116,8 @@ def test_kept_tensors_are_kept_outside_the_heap(fast_model, frames, stack):
 _FRESH_HEAP_PROBE = """
 import sys, torch
 from napari_sam2.engine import host_memory
-torch.empty(30 << 20, dtype=torch.uint8)  # made and freed at once: freeing a mapped 30 MiB block raises glibc's own threshold past 20 MiB
+# made and freed at once: freeing a mapped 30 MiB block raises glibc's own threshold past 20 MiB
+torch.empty(30 << 20, dtype=torch.uint8)
 was_set = host_memory.map_large_buffers() if sys.argv[1] == "fix" else False
 buffer = torch.empty(20 << 20, dtype=torch.uint8)
 heap = [l.split()[0].split("-") for l in open("/proc/self/maps") if l.rstrip().endswith("[heap]")]
@@ -131,10 +132,14 @@ def test_large_buffers_bypass_the_heap(fast_model, frames, monkeypatch):
     if host_memory._libc is None:
         assert host_memory.map_large_buffers() is False
         return
-    probe = [sys.executable, "-c", _FRESH_HEAP_PROBE]
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
-    assert subprocess.run([*probe, "keep"], env=env, capture_output=True, text=True, check=True).stdout.split() == ["False", "True"]
-    assert subprocess.run([*probe, "fix"], env=env, capture_output=True, text=True, check=True).stdout.split() == ["True", "False"]
+
+    def probe(mode):  # -> [threshold set?, 20 MiB buffer in the heap?]
+        command = [sys.executable, "-c", _FRESH_HEAP_PROBE, mode]
+        return subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout.split()
+
+    assert probe("keep") == ["False", "True"]  # glibc's default: the buffer comes from the heap
+    assert probe("fix") == ["True", "False"]
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own choice is left alone
     assert host_memory.map_large_buffers() is False
     calls = []
