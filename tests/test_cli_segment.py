@@ -14,12 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import torch
 from napari_builtins.io._write import napari_write_points
 
 from napari_sam2 import cli
 from napari_sam2.sample_data import make_nuclei_stack
 from napari_sam2.api import Prompt, segment_stack
 from napari_sam2.engine import load_model
+from napari_sam2.errors import DeviceError
 from napari_sam2.file_segmentation import FileJob, prepare_stack
 from napari_sam2.tiff_io import read_tiff, write_labels_tiff
 from conftest import SMALL_STACK_FRAME
@@ -224,6 +226,204 @@ def test_overwrite_replaces_an_existing_output(tmp_path, stack, prompts, expecte
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
 
 
+def test_object_ids_are_stored_exactly_in_the_smallest_type_that_holds_the_largest(tmp_path, stack, prompts, expected, use_fast_model, capsys):
+    largest_ids = (65535, 65536, 2**31 - 1)
+    for largest in largest_ids:
+        tifffile.imwrite(tmp_path / f"s{largest}.tif", stack, metadata={"axes": "ZYX"})
+        renumbered = [Prompt(p.frame, 1 if p.obj_id == 1 else largest, p.points, p.labels) for p in prompts]
+        save_points_csv(tmp_path / f"s{largest}.csv", renumbered, zyx)
+
+    status, _, stderr = run([tmp_path / "*.tif", "--quiet"], capsys)
+
+    assert status == 0, stderr
+    for largest, dtype in zip(largest_ids, (np.uint16, np.uint32, np.uint32)):
+        written = read_tiff(tmp_path / f"s{largest}_labels.tif")
+        assert written.data.dtype == dtype and written.axes == "ZYX"
+        np.testing.assert_array_equal(written.data, np.where(expected == 2, largest, expected))
+
+
+# ---- a single plane among stacks ------------------------------------------------------------------------------
+
+
+def test_a_2d_tiff_among_stacks_is_a_stack_of_one_frame(tmp_path, stack, prompts, expected, fast_model, use_fast_model, capsys):
+    on_frame_0 = [Prompt(0, p.obj_id, p.points, p.labels) for p in prompts]
+    plane = stack[FRAME]
+    tifffile.imwrite(tmp_path / "a.tif", stack, metadata={"axes": "ZYX"})
+    save_points_csv(tmp_path / "a.csv", prompts, zyx)
+    # A 2D TIFF with prompts as napari saves them from a 2D layer: only the y and x columns.
+    tifffile.imwrite(tmp_path / "b.tif", plane, imagej=True, resolution=(4, 4), metadata={"unit": "um"})
+    save_points_csv(tmp_path / "b.csv", on_frame_0, lambda frame, row, col: (row, col))
+    # A 2D TIFF with an axis-0 column all 0 (saved from a 3D layer), and one with letter columns y, x.
+    tifffile.imwrite(tmp_path / "c.tif", plane)
+    save_points_csv(tmp_path / "c.csv", on_frame_0, zyx)
+    tifffile.imwrite(tmp_path / "d.tif", plane)
+    rows = [(row, col, label, p.obj_id) for p in on_frame_0 for (row, col), label in zip(p.points, p.labels)]
+    pd.DataFrame(rows, columns=["y", "x", "positive", "obj_id"]).to_csv(tmp_path / "d.csv", index=False)
+    # A stack whose z axis has one slice, with prompts on y and x only.
+    tifffile.imwrite(tmp_path / "e.tif", plane[None], metadata={"axes": "ZYX"})
+    save_points_csv(tmp_path / "e.csv", on_frame_0, lambda frame, row, col: (row, col))
+    assert [read_tiff(tmp_path / f"{n}.tif").axes for n in "bcde"] == ["YX", "YX", "YX", "ZYX"]
+
+    status, stdout, stderr = run([tmp_path / "?.tif", "--axis", "z", "--quiet"], capsys)
+
+    assert status == 0, stderr
+    assert stdout.split() == [str(tmp_path / f"{name}_labels.tif") for name in "abcde"]
+    np.testing.assert_array_equal(read_tiff(tmp_path / "a_labels.tif").data, expected)
+    one_frame = segment_stack(plane[None], on_frame_0, model=fast_model)
+    assert (one_frame > 0).sum() > 100  # a real mask, so the comparison means something
+    for name in "bcd":
+        written = read_tiff(tmp_path / f"{name}_labels.tif")
+        assert written.axes == "YX"  # the plane's own axes
+        np.testing.assert_array_equal(written.data, one_frame[0])
+    assert read_tiff(tmp_path / "b_labels.tif").pixel_sizes == pytest.approx({"Y": 0.25, "X": 0.25})
+    written = read_tiff(tmp_path / "e_labels.tif")
+    assert written.axes == "ZYX"
+    np.testing.assert_array_equal(written.data, one_frame)
+
+
+# ---- a stack that fails while computing: exit 1, one line, the others written -----------------------------------
+
+
+def _failing_first_run(monkeypatch, error):
+    """stream_stack as file_segmentation calls it, with the first run failing with ``error`` after its first frame."""
+    from napari_sam2 import file_segmentation
+    from napari_sam2.api import Propagation
+
+    real = file_segmentation.stream_stack
+    calls = []
+
+    def stream(*args, **kwargs):
+        run = real(*args, **kwargs)
+        calls.append(run)
+        if len(calls) > 1:
+            return run
+
+        def results():
+            try:
+                yield next(run)
+                raise error
+            finally:
+                run.close()
+
+        return Propagation(results(), run.total, run.n_frames, run.frame_size)
+
+    monkeypatch.setattr(file_segmentation, "stream_stack", stream)
+
+
+def _failing_tracking(monkeypatch, error):
+    """The first stack's tracking session raising ``error`` (e.g. the GPU's out-of-memory) once propagation asks for
+    a frame other than the prompted one: deep inside the session and the engine, whatever their structure."""
+    from napari_sam2.frames import StackFrames
+
+    real = StackFrames.__getitem__
+    first = []
+
+    def getitem(self, index):
+        if not first:
+            first.append(self)
+        if first[0] is self and index != FRAME:
+            raise error
+        return real(self, index)
+
+    monkeypatch.setattr(StackFrames, "__getitem__", getitem)
+
+
+def _failing_write(monkeypatch, error):
+    from napari_sam2 import file_segmentation
+
+    real = file_segmentation.write_labels_tiff
+    calls = []
+
+    def write(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            Path(path).write_bytes(b"half a file")
+            raise error
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(file_segmentation, "write_labels_tiff", write)
+
+
+CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB"
+
+
+@pytest.mark.parametrize(
+    "where, error, reason",
+    [
+        ("tracking", lambda: torch.OutOfMemoryError(CUDA_OOM), "GPU ran out of memory"),
+        ("run", lambda: torch.OutOfMemoryError(CUDA_OOM), "The GPU ran out of memory. Choose a smaller model"),
+        ("run", lambda: torch.cuda.OutOfMemoryError(CUDA_OOM), "GPU ran out of memory"),
+        ("run", lambda: MemoryError(), "The computer ran out of memory (RAM)"),
+        ("run", lambda: DeviceError("The GPU went away."), "The GPU went away."),
+        ("run", lambda: RuntimeError("boom"), "unexpected RuntimeError: boom (please report it)"),
+        ("write", lambda: OSError(28, "No space left on device"), "No space left on device"),
+    ],
+)
+def test_a_stack_failing_while_computing_exits_1_and_the_others_are_written(
+    tmp_path, stack, prompts, expected, use_fast_model, monkeypatch, capsys, where, error, reason
+):
+    for name in ("a", "b"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", stack, metadata={"axes": "ZYX"})
+        save_points_csv(tmp_path / f"{name}.csv", prompts, zyx)
+    {"run": _failing_first_run, "tracking": _failing_tracking, "write": _failing_write}[where](monkeypatch, error())
+
+    status, stdout, stderr = run([tmp_path / "a.tif", tmp_path / "b.tif"], capsys)
+
+    assert status == 1, stderr
+    line = one_error_line(stderr)
+    assert line.startswith(f"napari-sam2: error: {tmp_path / 'a.tif'}: ")
+    assert reason in line
+    assert "1 of 2 stack(s) failed; the others were written" in stderr
+    assert stdout.split() == [str(tmp_path / "b_labels.tif")]
+    np.testing.assert_array_equal(read_tiff(tmp_path / "b_labels.tif").data, expected)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.csv", "a.tif", "b.csv", "b.tif", "b_labels.tif"]
+
+
+def test_out_of_memory_while_loading_the_model_exits_1_and_writes_nothing(tmp_path, stack, prompts, monkeypatch, capsys):
+    tifffile.imwrite(tmp_path / "a.tif", stack, metadata={"axes": "ZYX"})
+    save_points_csv(tmp_path / "a.csv", prompts, zyx)
+
+    def load(*args):
+        raise torch.OutOfMemoryError(CUDA_OOM)
+
+    monkeypatch.setattr(cli, "_load_model", load)
+    status, stdout, stderr = run([tmp_path / "a.tif"], capsys)
+    assert status == 1 and stdout == ""
+    assert "GPU ran out of memory" in one_error_line(stderr)
+    assert not (tmp_path / "a_labels.tif").exists()
+
+
+# ---- a stack scaled to saturated pixels: one warning line -------------------------------------------------------
+
+
+def test_a_saturated_stack_gives_one_warning_line_unless_the_range_is_given(tmp_path, stack, prompts, expected, use_fast_model, capsys):
+    bright = stack.copy()
+    bright.reshape(-1)[::50] = 65535  # 2 % saturated
+    tifffile.imwrite(tmp_path / "bright.tif", bright, metadata={"axes": "ZYX"})
+    save_points_csv(tmp_path / "bright.csv", prompts, zyx)
+    tifffile.imwrite(tmp_path / "normal.tif", stack, metadata={"axes": "ZYX"})
+    save_points_csv(tmp_path / "normal.csv", prompts, zyx)
+    # Two time points prompted: two tracking runs over one stack, still one line.
+    tifffile.imwrite(tmp_path / "bright4d.tif", np.stack([bright, bright]), metadata={"axes": "TZYX"})
+    rows = [(t, p.frame, row, col, bool(label), p.obj_id) for t in (0, 1) for p in prompts
+            for (row, col), label in zip(p.points, p.labels)]
+    pd.DataFrame(rows, columns=["axis-0", "axis-1", "axis-2", "axis-3", "positive", "obj_id"]).to_csv(
+        tmp_path / "bright4d.csv", index=False)
+
+    status, _, stderr = run([tmp_path / "bright.tif", tmp_path / "normal.tif", tmp_path / "bright4d.tif", "--axis", "z", "--quiet"], capsys)
+
+    assert status == 0, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 2, stderr
+    for line, name in zip(lines, ("bright.tif", "bright4d.tif")):
+        assert line.startswith(f"napari-sam2: warning: {tmp_path / name}: 2.0% of the sampled pixels sit at the top")
+        assert "--intensity-range LOW,HIGH" in line
+    np.testing.assert_array_equal(read_tiff(tmp_path / "normal_labels.tif").data, expected)
+
+    status, _, stderr = run([tmp_path / "bright.tif", "--intensity-range", "0,2000", "--overwrite", "--quiet"], capsys)
+    assert status == 0 and stderr == ""
+
+
 # ---- bad input: exit 2, one clear line, nothing written, no model loaded ---------------------------------------
 
 
@@ -244,7 +444,7 @@ def _bad_csv(path, text):
         ("point outside", "lies outside the 96 x 128 image"),
         ("not a number", "is not a number"),
         ("bad polarity", "neither positive"),
-        ("2D image", "single 2D image"),
+        ("2D image with a prompt off its one frame", "outside the stack's 1 slices"),
         ("bad axis", "no t axis"),
         ("channels without channel axis", "no channel axis"),
         ("empty prompts", "holds no prompts"),
@@ -279,9 +479,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, stack, no_
         _bad_csv(prompts, "index,axis-0,axis-1,axis-2,positive,obj_id\n0,2,forty,50,True,1\n")
     elif case == "bad polarity":
         _bad_csv(prompts, "index,axis-0,axis-1,axis-2,positive,obj_id\n0,2,40,50,maybe,1\n")
-    elif case == "2D image":
+    elif case == "2D image with a prompt off its one frame":
         tifffile.imwrite(source, stack[0])
-        _bad_csv(prompts, "index,axis-0,axis-1,positive,obj_id\n0,40,50,True,1\n")
+        _bad_csv(prompts, "index,axis-0,axis-1,axis-2,positive,obj_id\n0,1,40,50,True,1\n")
     elif case == "bad axis":
         args += ["--axis", "t"]
     elif case == "channels without channel axis":
@@ -357,7 +557,11 @@ def test_console_script_on_a_real_size_model(tmp_path, synthetic_checkpoint):
     assert written.axes == "ZYX"
     expected = segment_stack(data, [Prompt(1, 3, [(row, col)])], model=model)
     assert (expected[1] == 3).sum() >= 100
-    np.testing.assert_array_equal(written.data, expected)
+    # Another process: oneDNN's kernels depend on buffer addresses, so logits can differ in the last bits and a
+    # pixel whose logit is ~0 may flip; the reference's mask tolerance (>= 99.99 % of pixels agree) applies.
+    assert written.data.shape == expected.shape and written.data.dtype.kind in "ui"
+    assert set(np.unique(written.data)) <= {0, 3}
+    assert (written.data != expected).mean() <= 1e-4
 
 
 # ---- sample files ------------------------------------------------------------------------------------------------

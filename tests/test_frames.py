@@ -1,12 +1,13 @@
 """StackFrames: the lazy, model-ready view of one axis of an array that the tracker reads."""
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from napari_sam2.errors import InputError
+from napari_sam2.errors import InputError, SaturationWarning
 from napari_sam2.frames import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -358,7 +359,7 @@ def test_out_of_range_index_raises_index_error():
 @pytest.mark.parametrize(
     "data, kwargs, message",
     [
-        (np.zeros((64, 64)), {}, "single 2D image.*segment_image"),
+        (np.zeros((64, 64)), {}, "single 2D image.*segment_image"),  # (a 2D TIFF among stacks: stack_axes)
         (np.zeros((64, 64, 3)), {"channel_axis": 2}, "single 2D image.*segment_image"),
         (np.zeros((4, 8, 8)), {"axis": 3}, "axis=3 is out of range"),
         (np.zeros((4, 8, 8)), {"axis": -4}, "out of range"),
@@ -400,3 +401,92 @@ def test_bad_input_gives_a_clear_input_error(data, kwargs, message):
 def test_input_error_is_a_value_error():
     with pytest.raises(ValueError):
         StackFrames(np.zeros((8, 8)))
+
+
+# --- saturation: say when SAM2 is shown (almost) nothing -------------------------------------------------------
+
+
+def saturated_stack(fraction_every=50, shape=(6, 64, 64), top=65535, seed=1):
+    """Dim nuclei-like values (100 to 1100) with every ``fraction_every``-th pixel at ``top``: 2 % by default."""
+    stack = random_stack(shape, seed=seed) + 100
+    stack.reshape(-1)[::fraction_every] = top
+    return stack
+
+
+def saturation_warnings(caught):
+    return [w for w in caught if issubclass(w.category, SaturationWarning)]
+
+
+def test_a_stack_pinned_to_saturated_pixels_warns_once_naming_the_fraction_and_the_remedies():
+    frames = StackFrames(saturated_stack(), image_size=SIZE, prefetch=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for index in range(len(frames)):  # every frame, and the range again: one warning for the stack
+            frames[index]
+        frames.frame_rgb(0)
+        frames.intensity_ranges
+    found = saturation_warnings(caught)
+    assert len(found) == 1, [str(w.message) for w in caught]
+    message = str(found[0].message)
+    assert message.startswith("2.0% of the sampled pixels sit at the top of the intensity range (65535, the largest value")
+    assert "others reach only 2% of it" in message
+    for remedy in ('"Use the layer\'s contrast limits"', "intensity_range=(low, high)", "--intensity-range LOW,HIGH"):
+        assert remedy in message
+    assert frames.intensity_ranges[0, 1] == 65535  # the range is still what it was: the warning only tells
+
+
+def test_the_warning_comes_on_the_thread_that_asks_for_frames_not_the_prefetch_thread():
+    frames = StackFrames(saturated_stack(), image_size=SIZE, prefetch=3)
+    threads = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda *args, **kwargs: threads.append(threading.current_thread().name)
+        for index in range(len(frames)):
+            frames[index]
+    frames.close()
+    assert threads == [threading.current_thread().name]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["user range", "bool", "normal", "few grey levels", "constant", "saturated but the cells are bright too",
+     "hot pixels under 0.5 %"],
+)
+def test_no_warning_where_the_cells_show(case):
+    kwargs = {}
+    data = saturated_stack()
+    if case == "user range":
+        # The user chose the range (napari's contrast limits): clipping its brightest pixels is what they asked for,
+        # and giving a range is what the warning would advise.
+        kwargs = {"intensity_range": (100, 1100)}
+    elif case == "bool":
+        data = random_stack((4, 16, 16)) > 500
+    elif case == "normal":
+        data = random_stack((4, 64, 64))
+    elif case == "few grey levels":
+        data = (random_stack((4, 64, 64)) // 200).astype(np.uint8)  # 0 to 4: more than 0.5 % at the top level
+    elif case == "constant":
+        data = np.full((4, 16, 16), 65535, np.uint16)
+    elif case == "saturated but the cells are bright too":
+        data = saturated_stack(top=1200)  # the others reach most of the range
+    else:
+        data = saturated_stack(fraction_every=250)  # 0.4 %
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SaturationWarning)
+        StackFrames(data, image_size=SIZE, prefetch=0, **kwargs)[0]
+
+
+def test_each_channel_is_checked_and_named_by_its_index_in_the_data():
+    channel = saturated_stack()
+    data = np.stack([random_stack(channel.shape), np.zeros_like(channel), channel], axis=-1)  # (z, y, x, c)
+    with pytest.warns(SaturationWarning, match=r"^2\.0% of the sampled pixels of channel 2 sit at the top") as caught:
+        StackFrames(data, channel_axis=3, channels=[0, 2], image_size=SIZE, prefetch=0)[0]
+    assert len(saturation_warnings(caught)) == 1 and "channel 0" not in str(caught[0].message)
+
+
+def test_a_range_made_empty_by_a_zero_background_is_said_too():
+    data = np.zeros((4, 64, 64), np.uint16)
+    data[:, 10:13, 10:13] = 800  # 0.2 % bright: both percentiles are 0, and every frame comes out black
+    with pytest.warns(SaturationWarning, match=r"99\.8% of the sampled pixels have the same value \(0\)"):
+        rgb = StackFrames(data, image_size=SIZE, prefetch=0).frame_rgb(0)
+    assert not rgb.any()

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 
 from . import __version__, models
-from .errors import InputError, Sam2Error
+from .errors import InputError, OutOfMemory, Sam2Error, SaturationWarning, translate_out_of_memory
 
 PROG = "napari-sam2"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -22,6 +23,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 def _error(message: str) -> None:
     # One line, like argparse's own errors, so scripts can show or grep it.
     print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _warning(message: str) -> None:
+    print(f"{PROG}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- models
@@ -128,39 +133,66 @@ def _load_model(name_or_path: str, device: str, quiet: bool):
 
 
 def _segment(args: argparse.Namespace) -> int:
-    import torch
-
     from . import file_segmentation as files
 
     stacks = files.expand_inputs(args.stacks)
     jobs = files.plan_jobs(stacks, args.prompts, args.out, args.overwrite)
-    # Every stack and prompts file is checked before the model is loaded or a pixel is read.
+    # Every stack and prompts file is checked before the model is loaded or a pixel is read: bad input stops
+    # everything here (exit 2, nothing written). After these checks a failure is one stack's (exit 1).
     checked = [files.prepare_stack(job, args.axis, args.channels, pixels=False) for job in jobs]
     model = _load_model(args.model, args.device, args.quiet)
     failed = 0
-    for job, layout_only in zip(jobs, checked):
-        bar = None if args.quiet else models.TextProgressBar(job.stack.name, unit="frames")
+    for layout_only in checked:
+        reason = _segment_one(layout_only, model, args)
+        if reason is None:
+            print(layout_only.job.out, flush=True)
+        else:
+            _error(f"{layout_only.job.stack}: {reason}")
+            failed += 1
+    if failed:
+        print(f"{PROG}: {failed} of {len(jobs)} stack(s) failed; the others were written.", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _segment_one(layout_only, model, args: argparse.Namespace) -> str | None:
+    """Segment and write one checked stack: None when its labels are written, else why it failed (one line; its
+    output is then not written: outputs appear only once complete). Only KeyboardInterrupt stops the others."""
+    from . import file_segmentation as files
+
+    bar = None if args.quiet else models.TextProgressBar(layout_only.job.stack.name, unit="frames")
+    reason = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SaturationWarning)
         try:
-            stack = files.with_pixels(layout_only)
-            labels = files.segment_prepared(stack, model, direction=args.direction,
-                                            intensity_range=args.intensity_range, progress=bar)
-            files.write_labels(stack, labels, args.overwrite)
-        except torch.OutOfMemoryError:
-            _error(f"{job.stack}: out of memory on {model.device}; try a smaller model (--model sam2.1_hiera_tiny) "
-                   "or --device cpu.")
-            failed += 1
-            continue
-        except (OSError, RuntimeError) as exc:  # this stack failed; the others may still work
-            _error(f"{job.stack}: {exc}")
-            failed += 1
-            continue
+            with translate_out_of_memory(getattr(model, "device", None)):
+                stack = files.with_pixels(layout_only)
+                labels = files.segment_prepared(stack, model, direction=args.direction,
+                                                intensity_range=args.intensity_range, progress=bar)
+                files.write_labels(stack, labels, args.overwrite)
+        except Exception as error:  # this stack failed (out of memory, a disk error, a bug...); go on with the others
+            reason = _failure_reason(error)
         finally:
             if bar is not None:
                 bar.close()
-        print(job.out, flush=True)
-    if failed:
-        _error(f"{failed} of {len(jobs)} stack(s) failed; the others were written.")
-    return EXIT_FAILURE if failed else EXIT_OK
+    _report_warnings(layout_only.job.stack, caught)
+    return reason
+
+
+def _failure_reason(error: Exception) -> str:
+    if isinstance(error, (Sam2Error, OSError)):  # the message says what happened and what to do
+        return str(error)
+    return f"unexpected {type(error).__name__}: {error} (please report it)"
+
+
+def _report_warnings(stack, caught) -> None:
+    """The first SaturationWarning of a stack as one line (a stack with further axes has several runs, each of
+    which may warn); any other warning as Python shows it."""
+    saturation = [warning for warning in caught if issubclass(warning.category, SaturationWarning)]
+    if saturation:
+        _warning(f"{stack}: {saturation[0].message}")
+    for warning in caught:
+        if not issubclass(warning.category, SaturationWarning):
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 def _add_segment_commands(subparsers) -> None:
@@ -259,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse already printed usage or help
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
-        return args.handler(args)
+        with translate_out_of_memory():
+            return args.handler(args)
+    except OutOfMemory as exc:  # e.g. while loading the model: not bad input, and nothing was written
+        _error(str(exc))
+        return EXIT_FAILURE
     except Sam2Error as exc:  # the message says what to do; a traceback would only hide it
         _error(str(exc))
         return EXIT_USAGE

@@ -17,7 +17,8 @@ import numpy as np
 
 from .api import stream_stack
 from .errors import InputError
-from .frames import whole_number
+from .frame_labels import check_ids_fit, smallest_label_dtype
+from .numbers import whole_number
 from .prompt_files import Position, read_prompt_file
 from .prompts import Prompt, check_prompts_fit
 from .stack_axes import StackAxes, stack_axes
@@ -130,6 +131,7 @@ def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None
         chosen = _chosen_channels(axes, channels)
     except InputError as error:
         raise InputError(f"{job.stack}: {error}") from None
+    image = _laid_out(image, axes)
     runs = read_prompt_file(job.prompts, axes)
     height, width = (axes.shape[a] for a in axes.spatial_axes)
     for prompts in runs.values():
@@ -142,7 +144,14 @@ def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None
 
 def with_pixels(stack: PreparedStack) -> PreparedStack:
     """The stack checked by ``prepare_stack(..., pixels=False)``, now with its pixels (memory-mapped where possible)."""
-    return replace(stack, image=read_tiff(stack.job.stack))
+    return replace(stack, image=_laid_out(read_tiff(stack.job.stack), stack.axes))
+
+
+def _laid_out(image: TiffStack, axes: StackAxes) -> TiffStack:
+    """The image with the axes ``axes`` describes: a single plane gets its frame axis of length 1 in front."""
+    if not axes.added_frame_axis:
+        return image
+    return replace(image, data=image.data[np.newaxis], axes=axes.letters)
 
 
 def segment_prepared(
@@ -155,8 +164,9 @@ def segment_prepared(
 ) -> np.ndarray:
     """Track the objects of every run through the stack; returns labels over the stack's axes minus channels."""
     axes = stack.axes
+    # Label values are object ids: the type is chosen from the largest, so that every id is stored exactly.
     largest = max(prompt.obj_id for prompts in stack.runs.values() for prompt in prompts)
-    labels = np.zeros(axes.label_shape, np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32)
+    labels = np.zeros(axes.label_shape, smallest_label_dtype(largest, smallest=np.uint16))
     frame_position = axes.label_axes.index(axes.frame_axis)
     # Runs start one after the other (each holds its own frames and memories); the total counts every frame of
     # a run not started yet, and shrinks to the run's own count once it starts.
@@ -174,6 +184,7 @@ def segment_prepared(
             index[axes.label_axes.index(axis)] = at
         finished: set[int] = set()
         for result in run:
+            check_ids_fit(result.obj_ids, labels.dtype)
             index[frame_position] = result.frame
             labels[tuple(index)] = result.labels
             if result.frame not in finished:
@@ -186,8 +197,12 @@ def segment_prepared(
 
 
 def write_labels(stack: PreparedStack, labels: np.ndarray, overwrite: bool) -> None:
-    """Write the labels with the stack's axes and pixel sizes; a file appears only once it is complete."""
+    """Write the labels with the stack's axes and pixel sizes (a single plane as a 2D label image); a file appears
+    only once it is complete."""
     out = stack.job.out
+    letters = stack.axes.file_label_letters
+    if stack.axes.added_frame_axis:
+        labels = labels[0]
     if out.exists() and not overwrite:  # it may have appeared while the stack was being segmented
         raise InputError(f"{out} already exists; pass --overwrite to replace it.")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +210,7 @@ def write_labels(stack: PreparedStack, labels: np.ndarray, overwrite: bool) -> N
     os.close(handle)
     try:
         unit = {"unit": stack.image.unit} if stack.image.unit else {}
-        write_labels_tiff(temporary, labels, stack.axes.label_letters, stack.image.pixel_sizes, **unit)
+        write_labels_tiff(temporary, labels, letters, stack.image.pixel_sizes, **unit)
         os.replace(temporary, out)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

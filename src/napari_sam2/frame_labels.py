@@ -1,10 +1,14 @@
-"""The result for one frame: which objects, their masks, and the frame as a label image (object id = value)."""
+"""The result for one frame: which objects, their masks, and the frame as a label image (object id = value); and
+the checks that object ids fit the integer type of the labels they are written into (they must never wrap)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import numpy as np
+
+from .errors import InputError
 
 LABEL_DTYPE = np.int32
 
@@ -20,10 +24,18 @@ class FrameLabels:
     @property
     def labels(self) -> np.ndarray:
         """(H, W) int32 label image: ``obj_id`` where that object is, 0 elsewhere."""
+        check_ids_fit(self.obj_ids, LABEL_DTYPE)
         labels = np.zeros(self.masks.shape[1:], LABEL_DTYPE)
         for obj_id, mask in zip(self.obj_ids, self.masks):
             labels[mask] = obj_id
         return labels
+
+    def only(self, obj_ids) -> "FrameLabels":
+        """The same frame with just the objects of ``obj_ids`` (their masks as they are)."""
+        keep = [i for i, obj_id in enumerate(self.obj_ids) if obj_id in obj_ids]
+        if len(keep) == len(self.obj_ids):
+            return self
+        return FrameLabels(self.frame, tuple(self.obj_ids[i] for i in keep), self.masks[keep])
 
     def mask(self, obj_id: int) -> np.ndarray:
         """(H, W) bool mask of one object (all False when the object is not in this result)."""
@@ -54,3 +66,49 @@ def first_come_keeps(masks: np.ndarray) -> np.ndarray:
         mask &= ~taken
         taken |= mask
     return kept
+
+
+def check_ids_fit(obj_ids: Iterable[int], dtype) -> None:
+    """Raise an InputError unless every object id is 1 or more and fits ``dtype`` (the integer type of the labels
+    it is written into) exactly: a larger id would wrap around (object 300 in uint8 labels becomes 44).
+
+    Call it before writing ids into any label array, napari Labels layer or file; an empty ``obj_ids`` passes.
+    """
+    ids = [int(obj_id) for obj_id in obj_ids]
+    if not ids:
+        return
+    smallest = min(ids)
+    if smallest < 1:
+        raise InputError(
+            f"Object id {smallest} cannot be written as a label: object ids are 1, 2, 3, ... (0 is the background)."
+        )
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biu":
+        raise InputError(
+            f"Labels of type {dtype} cannot hold object ids exactly: use an integer type such as int32 or uint32."
+        )
+    limit = 1 if dtype.kind == "b" else int(np.iinfo(dtype).max)
+    largest = max(ids)
+    if largest > np.iinfo(np.uint64).max:
+        raise InputError(f"Object id {largest} is too large: no integer type holds it. Use object ids up to {limit}.")
+    if largest > limit:
+        wider = next(
+            name for name, most in (("int32 or uint32", np.iinfo(np.uint32).max), ("int64", np.iinfo(np.int64).max),
+                                    ("uint64", np.iinfo(np.uint64).max)) if largest <= most
+        )
+        raise InputError(
+            f"Object id {largest} does not fit in labels of type {dtype}, which hold values up to {limit}: it would "
+            f"be written as another number. Convert the labels (the Labels layer's data, or the array) to a wider "
+            f"integer type such as {wider}, e.g. layer.data = layer.data.astype(np.{wider.split()[0]}), or use "
+            f"object ids up to {limit}."
+        )
+
+
+def smallest_label_dtype(max_id: int, smallest=np.uint8) -> np.dtype:
+    """The smallest unsigned integer type, at least as wide as ``smallest``, that holds label values up to
+    ``max_id`` (e.g. uint16 up to 65535, then uint32); an InputError beyond uint64."""
+    max_id = int(max_id)
+    for candidate in (np.uint8, np.uint16, np.uint32, np.uint64):
+        if np.dtype(candidate).itemsize >= np.dtype(smallest).itemsize and max_id <= np.iinfo(candidate).max:
+            return np.dtype(candidate)
+    raise InputError(f"Label value {max_id} is too large for any integer type; renumber the objects from 1.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import operator
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError
-from .intensity import parse_intensity_range, percentile_ranges, to_unit_range
+from .errors import InputError, SaturationWarning
+from .intensity import parse_intensity_range, sampled_ranges, saturation_message, to_unit_range
+from .numbers import whole_number  # defined here before; still importable from here
 from .prefetch import PrefetchCache
 
 DEFAULT_IMAGE_SIZE = 1024
@@ -186,17 +188,32 @@ class StackFrames:
 
     @property
     def intensity_ranges(self) -> np.ndarray:
-        """(low, high) per shown channel, shape (n_channels, 2); computed from sample frames on first use."""
+        """(low, high) per shown channel, shape (n_channels, 2); computed from sample frames on first use.
+
+        When that automatic range is pinned to saturated pixels (more than 0.5 % of a channel's sampled pixels at
+        its top), a :class:`napari_sam2.errors.SaturationWarning` says so, once for this view.
+        """
+        warning = None
         with self._ranges_lock:
             if self._ranges is None:
                 samples = np.unique(np.linspace(0, len(self) - 1, min(len(self), MAX_PERCENTILE_SAMPLES)).round())
-                self._ranges = percentile_ranges(
-                    (self._read(int(i)) for i in samples), n_channels=len(self._channels or [0])
-                )
-            return self._ranges
+                sampled = sampled_ranges((self._read(int(i)) for i in samples), n_channels=len(self._channels or [0]))
+                self._ranges = sampled.ranges
+                # Only the automatic range is checked. A range the user gave (napari's contrast limits,
+                # intensity_range=, --intensity-range) is a choice made looking at the data, where clipping the
+                # brightest pixels is often the point; and giving a range is what the warning would advise.
+                warning = saturation_message(sampled, self._channels)
+            ranges = self._ranges
+        if warning is not None:
+            warnings.warn(warning, SaturationWarning, stacklevel=2)
+        return ranges
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self._cache.get(self._checked_index(index))
+        index = self._checked_index(index)
+        # The range first, here: so that it is computed (and any SaturationWarning raised) on the caller's thread,
+        # not on the prefetch thread.
+        _ = self.intensity_ranges
+        return self._cache.get(index)
 
     def frame_rgb(self, index: int) -> np.ndarray:
         """Frame ``index`` as (H, W, 3) float32 RGB in [0, 1], before resizing: what the model is shown."""
@@ -352,16 +369,3 @@ def _chosen_channels(layout: StackLayout, channels) -> tuple[int, ...] | None:
     if not 1 <= len(chosen) <= 3:
         raise InputError(f"Choose 1 to 3 channels to show as RGB; got {len(chosen)}: {list(channels)!r}.")
     return tuple(chosen)
-
-
-def whole_number(value, name: str, minimum: int) -> int:
-    """``value`` as an int of at least ``minimum``; bools and non-integers are an InputError."""
-    if isinstance(value, (bool, np.bool_)):
-        raise InputError(f"{name} must be an integer, got {value!r}.")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise InputError(f"{name} must be an integer, got {value!r}.") from None
-    if number < minimum:
-        raise InputError(f"{name} must be at least {minimum}, got {number}.")
-    return int(number)

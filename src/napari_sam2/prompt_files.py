@@ -3,7 +3,8 @@
 CSV (napari's Points "Save"): one row per point, with
 - the point's coordinates, one column per axis of the stack in the stack's axis order: ``axis-0``, ``axis-1``, ...
   as napari names them (or columns named by the axis letters, e.g. ``z``, ``y``, ``x``); an axis holding channels
-  may be left out, as napari leaves it out of a layer opened with one layer per channel;
+  may be left out, as napari leaves it out of a layer opened with one layer per channel, and so may the frame axis
+  of a single plane (a 2D image) or of a stack of one frame;
 - ``positive``: True / False (also 1 / 0, positive / negative; the column may be called ``label``, as SAM2 calls it);
 - ``obj_id``: the object the point marks, 1, 2, 3, ... (its label value in the output; also ``object_id``).
 The napari-sam2 widget's Points layer has exactly these columns. Coordinates are data pixels of the image; the
@@ -78,7 +79,7 @@ def _read_csv(path: str, axes: StackAxes) -> dict[Position, list[Prompt]]:
             axis: _number(row[column], f"row {line}, column {rows[0][column]!r}")
             for column, axis in zip(coordinate_columns, coordinate_axes)
         }
-        frame = _slice_index(coordinates[axes.frame_axis], axes, axes.frame_axis, line)
+        frame = _slice_index(coordinates.get(axes.frame_axis, 0.0), axes, axes.frame_axis, line)
         position = tuple((axis, _slice_index(coordinates[axis], axes, axis, line)) for axis in axes.other_axes)
         point = tuple(coordinates[axis] for axis in axes.spatial_axes)
         prompt = Prompt(
@@ -102,6 +103,8 @@ def _coordinate_columns(header: list[str], axes: StackAxes) -> tuple[list[int], 
             return numbered, list(range(len(axes.shape)))
         if len(numbered) == len(axes.label_axes):
             return numbered, list(axes.label_axes)
+        if len(numbered) == len(_given_axes(axes)):
+            return numbered, _given_axes(axes)
         raise InputError(
             f"it has {len(numbered)} coordinate columns (axis-0 to axis-{len(numbered) - 1}) but the stack has "
             f"{len(axes.shape)} axes ({axes.letters}, shape {axes.shape}). Save the prompts from a Points layer of "
@@ -110,12 +113,19 @@ def _coordinate_columns(header: list[str], axes: StackAxes) -> tuple[list[int], 
     by_letter = {letter.lower(): axis for axis, letter in enumerate(axes.letters)}
     lettered = [(column, by_letter[name]) for column, name in enumerate(header) if name in by_letter]
     found = {axis for _, axis in lettered}
-    if not set(axes.label_axes) <= found:
+    if not set(_given_axes(axes)) <= found:
         raise InputError(
             "no coordinate columns: expected napari's axis-0, axis-1, ... (one per axis of the stack, "
             f"{axes.letters}) or columns named {', '.join(axes.label_letters.lower())}; the header is {header}."
         )
     return [column for column, _ in lettered], [axis for _, axis in lettered]
+
+
+def _given_axes(axes: StackAxes) -> list[int]:
+    """The axes a CSV must give coordinates on: those of the labels, less a frame axis of length 1 (a single
+    plane, or a stack of one frame), whose points are all on frame 0."""
+    single_frame = axes.shape[axes.frame_axis] == 1
+    return [axis for axis in axes.label_axes if not (single_frame and axis == axes.frame_axis)]
 
 
 def _column(header: list[str], names: tuple[str, ...], what: str, expected: str) -> int:

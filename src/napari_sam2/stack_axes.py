@@ -13,6 +13,7 @@ from .errors import InputError
 
 CHANNEL_LETTERS = "CS"  # channels, and RGB(A) samples
 UNNAMED_LETTERS = "QI"  # tifffile's letters for an axis whose meaning the file does not say
+ADDED_FRAME_LETTER = "Q"  # the length-1 frame axis added in front of a single plane
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,10 @@ class StackAxes:
     channel_axis: int | None
     spatial_axes: tuple[int, int]
     other_axes: tuple[int, ...]  # neither frames, channels nor image axes: prompts pin them (e.g. T when tracking Z)
+    # A single plane (a 2D image, with or without channels) is a stack of one frame: ``letters`` and ``shape`` then
+    # describe the file's array with a frame axis of length 1 (letter ADDED_FRAME_LETTER) added in front, and the
+    # file's own axes are ``letters[1:]`` (see ``file_label_letters``).
+    added_frame_axis: bool = False
 
     @property
     def label_axes(self) -> tuple[int, ...]:
@@ -39,6 +44,11 @@ class StackAxes:
     def label_shape(self) -> tuple[int, ...]:
         return tuple(self.shape[axis] for axis in self.label_axes)
 
+    @property
+    def file_label_letters(self) -> str:
+        """The axes of the label file: those of the labels, without an added frame axis."""
+        return self.label_letters[1:] if self.added_frame_axis else self.label_letters
+
 
 def stack_axes(letters: str, shape, axis=None) -> StackAxes:
     """The roles of the axes of an array of ``shape`` with axis ``letters``.
@@ -46,6 +56,9 @@ def stack_axes(letters: str, shape, axis=None) -> StackAxes:
     ``axis`` picks the frame axis: an axis letter ("z", "t", ...), an index into the axes (negative counts from the
     end, as a string or int), or None for the only axis that is neither an image nor a channel axis. An axis of
     unknown meaning (Q / I) stands in for "z" or "t" when it is the only candidate.
+
+    A single plane (only image and channel axes, e.g. "YX" or "YXS") is a stack of one frame: the result describes
+    it with a frame axis of length 1 added in front (``added_frame_axis``), whatever ``axis`` says.
     """
     letters = str(letters).upper()
     shape = tuple(int(size) for size in shape)
@@ -72,9 +85,11 @@ def stack_axes(letters: str, shape, axis=None) -> StackAxes:
         index for index in range(len(letters)) if index not in spatial and index != channel_axis
     ]
     if not candidates:
-        raise InputError(
-            f"This is a single 2D image (axes {letters}, shape {shape}): there is no z or t axis to propagate along. "
-            "Segment one image with napari_sam2.segment_image, or give a stack."
+        # A single plane among stacks is segmented as a stack of one frame; ``axis`` (chosen for the stacks) has
+        # nothing to choose from here.
+        return StackAxes(
+            ADDED_FRAME_LETTER + letters, (1, *shape), 0, None if channel_axis is None else channel_axis + 1,
+            (spatial[0] + 1, spatial[1] + 1), (), added_frame_axis=True,
         )
     frame_axis = _frame_axis(axis, letters, candidates)
     others = tuple(index for index in candidates if index != frame_axis)

@@ -18,6 +18,7 @@ import numpy as np
 import tifffile
 
 from .errors import InputError
+from .frame_labels import smallest_label_dtype
 
 MICROMETRE = "µm"
 
@@ -81,7 +82,7 @@ def read_tiff(path, pixels: bool = True) -> TiffStack:
 
 
 def write_labels_tiff(path, labels, axes: str, pixel_sizes=None, unit: str = MICROMETRE) -> None:
-    """Write an integer label image (uint16, or uint32 for more than 65535 labels) with its axes and pixel sizes.
+    """Write an integer label image (uint16, or uint32 when a label is above 65535) with its axes and pixel sizes.
 
     Axes in ImageJ order (e.g. "ZYX", "TYX", "TZYX") with uint16 labels give an ImageJ hyperstack that Fiji opens
     calibrated; otherwise the axes and sizes are stored in tifffile's JSON metadata. ``read_tiff`` reads either
@@ -100,14 +101,20 @@ def write_labels_tiff(path, labels, axes: str, pixel_sizes=None, unit: str = MIC
         raise InputError("Labels must not be negative: 0 is background and objects are 1, 2, 3, ...")
     largest = int(labels.max()) if labels.size else 0
     if largest > np.iinfo(np.uint32).max:
-        raise InputError(f"Label {largest} is too large to store; renumber the objects from 1.")
+        raise InputError(
+            f"Label {largest} is too large to store: label TIFFs hold values up to {np.iinfo(np.uint32).max}. "
+            "Renumber the objects from 1."
+        )
     if any(size <= 0 or not np.isfinite(size) for size in pixel_sizes.values()):
         raise InputError(f"Pixel sizes must be positive numbers; got {pixel_sizes}.")
-    labels = labels.astype(np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32)
+    # Chosen from the largest label, so that every label is stored exactly.
+    labels = labels.astype(smallest_label_dtype(largest, smallest=np.uint16), copy=False)
 
-    # ImageJ reads a missing x/y calibration as 1 unit per pixel, so z alone goes to the JSON metadata instead.
+    # ImageJ reads a missing x/y calibration as 1 unit per pixel, so z alone goes to the JSON metadata instead; and
+    # an ImageJ file loses an axis of length 1 (a stack of one slice reads back as a 2D image), so such labels too.
     xy_known_or_nothing = not pixel_sizes or "X" in pixel_sizes or "Y" in pixel_sizes
-    if labels.dtype == np.uint16 and _in_imagej_order(axes) and xy_known_or_nothing:
+    no_single_slice = all(size > 1 for axis, size in zip(axes, labels.shape) if axis not in "YX")
+    if labels.dtype == np.uint16 and _in_imagej_order(axes) and xy_known_or_nothing and no_single_slice:
         _write_imagej(path, labels, axes, pixel_sizes, unit)
     else:
         tifffile.imwrite(
