@@ -108,3 +108,22 @@ def small_stack_clicks(small_stack, fast_model):
     from sam2_clicks import confident_clicks
 
     return confident_clicks(fast_model, small_stack, SMALL_STACK_FRAME)
+
+
+@pytest.fixture(scope="session")
+def mini_model():
+    """A miniature SAM2.1 (128-px input, 8-channel one-block-per-stage Hiera, 32-dim decoder and memory) with
+    synthetic weights: every code path of the tracker at ~0.05 s per frame, for property tests over many action
+    sequences. Seed 1 gives masks that vary from frame to frame (seed 0 gives empty ones)."""
+    from napari_sam2.engine import get_config
+    from napari_sam2.engine.checkpoints import build_model
+    from napari_sam2.engine.configs import HieraConfig
+    from napari_sam2.testing import synthetic_state_dict
+
+    config = get_config("sam2.1_hiera_t").with_(
+        name="mini", image_size=128, d_model=32, mem_dim=16,
+        hiera=HieraConfig(8, 1, (1, 1, 1, 1), (2,), (7, 7), (8, 4, 14, 7)),
+    )
+    model = build_model(config)
+    model.load_state_dict(synthetic_state_dict(config, 1))
+    return model.eval()

@@ -1,5 +1,7 @@
 """The scripting API: segment_image, segment_stack, stream_stack, on the fast model (random weights, 256 px)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from napari_sam2.api import (
     stream_stack,
 )
 from napari_sam2.engine import ImagePredictor, Tracker
-from napari_sam2.errors import InputError
+from napari_sam2.errors import InputError, SaturationWarning
 from napari_sam2.frames import StackFrames
 from conftest import SMALL_STACK_FRAME
 
@@ -131,6 +133,53 @@ def test_bad_input_is_an_input_error(stack, fast_model, data, prompts, kwargs, m
         segment_stack(stack if data is None else data, prompts, **kwargs)
 
 
+def test_label_values_are_the_object_ids_exactly_up_to_the_int32_maximum(stack, fast_model, clicks, two_objects):
+    largest = 2**31 - 1
+    prompts = [Prompt(FRAME, 300, [clicks[0]]), Prompt(FRAME, largest, [clicks[1]])]
+    labels = segment_stack(stack, prompts, model=fast_model)
+    assert labels.dtype == np.int32 and set(np.unique(labels)) == {0, 300, largest}
+    np.testing.assert_array_equal(labels, np.select([two_objects == 1, two_objects == 2], [300, largest], 0))
+
+    image = stack[FRAME]  # clicks[1] first: its mask lies within that of clicks[0], which keeps only the rest
+    small = segment_image(image, [Prompt(0, 1, [clicks[1]]), Prompt(0, 2, [clicks[0]])], model=fast_model)
+    large = segment_image(image, [Prompt(0, 256, [clicks[1]]), Prompt(0, largest, [clicks[0]])], model=fast_model)
+    assert large.dtype == np.int32 and set(np.unique(small)) == {0, 1, 2}
+    np.testing.assert_array_equal(large, np.select([small == 1, small == 2], [256, largest], 0))
+
+    with pytest.raises(InputError, match="too large"):
+        Prompt(FRAME, 2**31, [clicks[0]])  # int32 labels cannot hold it: refused before anything is computed
+
+
+def saturated(stack):
+    """The stack with 2 % of its pixels at 65535 (a saturated border, hot pixels): the cells go nearly black."""
+    data = stack.copy()
+    data.reshape(-1)[::50] = np.iinfo(np.uint16).max
+    return data
+
+
+def test_a_saturated_stack_warns_once_for_the_whole_stack(stack, fast_model, clicks):
+    with pytest.warns(SaturationWarning) as caught:
+        segment_stack(saturated(stack), [Prompt(FRAME, 1, [clicks[0]])], model=fast_model)
+    found = [w for w in caught if issubclass(w.category, SaturationWarning)]
+    assert len(found) == 1  # not once per frame
+    message = str(found[0].message)
+    assert message.startswith("2.0% of the sampled pixels sit at the top of the intensity range (65535")
+    assert "intensity_range=(low, high)" in message and "Use the layer's contrast limits" in message
+
+    with pytest.warns(SaturationWarning, match="2.0% of the sampled pixels"):
+        segment_image(saturated(stack)[FRAME], [Prompt(0, 1, [clicks[0]])], model=fast_model)
+
+
+def test_no_saturation_warning_for_a_normal_stack_or_a_range_the_user_gave(stack, fast_model, clicks):
+    prompts = [Prompt(FRAME, 1, [clicks[0]])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SaturationWarning)
+        for data, kwargs in ((stack, {}), (saturated(stack), {"intensity_range": (0, 2000)})):
+            run = stream_stack(data, prompts, model=fast_model, **kwargs)
+            next(run)  # the range is fixed on the first frame
+            run.close()
+
+
 # ---- segment_image ------------------------------------------------------------------------------
 
 
@@ -236,5 +285,12 @@ def test_session_retracks_only_from_a_corrected_frame(stack, fast_model, clicks)
         frames = [r.frame for r in session.propagate_corrections()]
         assert frames[0] == 0 and set(frames) <= {0, 1, 2, 3}
         assert session.pending_frames == ()
-        session.set_prompts([Prompt(FRAME, 1, [clicks[0]])])  # the correction deleted: start over
-        assert not session.has_propagated and session.prompted_pairs == ((FRAME, 1),)
+        # the correction deleted: no restart, only that pair is forgotten, and the object is re-tracked whole
+        assert [(r.frame, r.masks.any()) for r in session.set_prompts(first)] == [(0, False)]
+        assert session.has_propagated and session.prompted_pairs == ((FRAME, 1),)
+        assert session.pending_frames == (FRAME,)
+        retracked = {r.frame: r.labels for r in session.propagate_corrections()}
+        fresh = {r.frame: r.labels for r in session.propagate()}
+        assert sorted(retracked) == sorted(fresh) == [0, 1, 2, 3]
+        for frame in fresh:
+            np.testing.assert_array_equal(retracked[frame], fresh[frame])

@@ -67,20 +67,36 @@ def test_batched_objects_equal_one_at_a_time(fast_model, frames, stack):
         assert flipped.float().mean() < 1e-3 and bool((near_zero <= 1e-3).all()), near_zero
 
 
-def test_memory_kept_is_bounded(fast_model, stack):
+def test_memory_in_ram_is_bounded_and_the_rest_spills_exactly(fast_model, stack, tmp_path):
+    # every tracked frame's memory is kept (a later pass may attend to any), but only keep_frames per object in
+    # memory: the others live in a temporary file and come back bit for bit
     long_stack = np.concatenate([stack[0]] * 4)  # 32 frames
+    click = centroid_xy(stack[1][0], stack[1][0].max())
     with StackFrames(long_stack, image_size=fast_model.image_size, prefetch=0) as frames:
-        tracker = Tracker(fast_model, frames, keep_frames=6)
-        tracker.add_prompt(0, 1, points=[centroid_xy(stack[1][0], stack[1][0].max())], labels=[1])
-        seen = 0
-        for result in tracker.propagate():
-            seen += 1
-            obj = tracker._objects[1]
-            assert len(obj.non_cond) <= 6  # full memories: bounded
-            assert len(tracker._features) <= 2  # image features: the last two frames only
-        assert seen == 32
-        assert len(obj.pointers) == 31  # pointers (1 KB each) for every tracked frame
-        assert list(obj.non_cond) == list(range(26, 32))  # the frames nearest the last one
+        runs = {}
+        for keep in (6, None):
+            tracker = Tracker(fast_model, frames, keep_frames=keep, memory_folder=str(tmp_path))
+            tracker.add_prompt(10, 1, points=[click], labels=[1])
+            results = []
+            for result in tracker.propagate():
+                results.append(result)
+                assert len(tracker._features) <= 2  # image features: the last two frames only
+                if keep is not None:
+                    assert tracker._spill.in_memory <= 6  # masks and memories in RAM: bounded
+            # a reverse pass from the prompt attends to memories the forward pass wrote long ago
+            results += list(tracker.propagate(10, reverse=True))
+            # a correction 20 frames behind the latest tracked frame, then a pass from there
+            results.append(tracker.add_prompt(25, 1, points=[click], labels=[0]))
+            results += list(tracker.propagate(25))
+            assert tracker.tracked_frames(1) == [t for t in range(32) if t != 10]
+            runs[keep] = results
+            tracker.close()
+        assert len(runs[6]) == len(runs[None]) == 22 + 11 + 1 + 7
+        for spilled, in_memory in zip(runs[6], runs[None]):
+            assert spilled.frame_idx == in_memory.frame_idx
+            assert torch.equal(spilled.low_res_logits, in_memory.low_res_logits)
+            assert torch.equal(spilled.obj_ptrs, in_memory.obj_ptrs)
+    assert list(tmp_path.iterdir()) == []  # the temporary file has no name and is gone
 
 
 def _in_heap(t):
@@ -205,6 +221,49 @@ def test_correction_is_overwritten_by_default_but_sticks_with_repropagate(fast_m
     assert torch.equal(rerun[0].low_res_logits, corrected)
     after = {r.frame_idx: r for r in sticky.propagate()}
     assert torch.equal(after[5].low_res_logits, corrected)  # now a conditioning frame: kept
+
+
+def test_corrections_on_several_frames_all_stick(fast_model, frames, stack):
+    # Meta-style corrections on two frames, then one repropagate() for all of them: both become conditioning
+    # frames (before, the first call swallowed the other correction and every later call failed)
+    tracker = Tracker(fast_model, frames)
+    click = centroid_xy(stack[1][3], stack[1][3].max())
+    tracker.add_prompt(3, 1, points=[click], labels=[1])
+    list(tracker.propagate())
+    list(tracker.propagate(3, reverse=True))
+    first = tracker.add_prompt(1, 1, points=[[5.0, 5.0]], labels=[0]).low_res_logits
+    second = tracker.add_prompt(6, 1, points=[[7.0, 9.0]], labels=[0]).low_res_logits
+    rerun = list(tracker.repropagate(stop_iou=None))
+    assert [r.frame_idx for r in rerun] == [1, 2, 3, 4, 5, 6, 7, 1, 0, 6, 7, 6, 5, 4, 3, 2, 1, 0]
+    assert tracker.prompted_frames(1) == [1, 3, 6]
+    assert torch.equal(rerun[0].low_res_logits, first) and torch.equal(rerun[9].low_res_logits, second)
+    with pytest.raises(InputError, match="Nothing to re-propagate"):
+        list(tracker.repropagate())
+    assert len(list(tracker.propagate())) == 8  # still usable
+
+
+def test_set_prompt_depends_on_the_prompts_alone(fast_model, frames, stack):
+    labels = stack[1]
+    click = centroid_xy(labels[2], labels[2].max())
+    tracker = Tracker(fast_model, frames)
+    first = tracker.set_prompt(2, 1, points=[click], labels=[1])
+    assert first.obj_ids == [1] and (first.low_res_logits > 0).any()
+    list(tracker.propagate_from_prompts())
+    # on a tracked frame, with memory around it and a mask there: still decoded from the prompts alone
+    again = tracker.set_prompt(2, 1, points=[click], labels=[1])
+    assert torch.equal(again.low_res_logits, first.low_res_logits)
+    assert torch.equal(tracker.result_on(2).low_res_logits, first.low_res_logits)
+    other = tracker.set_prompt(5, 1, points=[click], labels=[1])
+    fresh = Tracker(fast_model, frames)
+    assert torch.equal(fresh.set_prompt(5, 1, points=[click], labels=[1]).low_res_logits, other.low_res_logits)
+    tracker.clear_prompt(5, 1)
+    assert tracker.prompted_frames(1) == [2]
+    tracker.clear_prompt(2, 1)  # its last prompt: the object is gone
+    assert tracker.obj_ids == []
+    with pytest.raises(InputError, match="direction"):
+        next(fresh.propagate_from_prompts("sideways"))
+    with pytest.raises(InputError, match="No prompt lies within"):
+        next(fresh.propagate_from_prompts("both", 0, 3))
 
 
 def test_repropagate_stops_once_masks_agree(fast_model, frames, stack):

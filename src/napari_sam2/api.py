@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InputError
-from .frame_labels import LABEL_DTYPE, FrameLabels
+from .frame_labels import LABEL_DTYPE, FrameLabels, check_ids_fit
 from .frames import StackFrames
 from .model_cache import DEFAULT_MODEL, clear_model_cache, get_model
 from .prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
@@ -55,6 +55,7 @@ def segment_image(
                 f"frame={prompt.frame}). For a stack use segment_stack."
             )
     check_prompts_fit(prompts, 1, frames.original_size)
+    check_ids_fit((prompt.obj_id for prompt in prompts), LABEL_DTYPE)  # label value = obj_id, exactly
     grouped = group_prompts(prompts, frames.original_size)
 
     loaded = get_model(model, device)
@@ -80,13 +81,17 @@ def stream_stack(
     """Segment and track the prompted objects through ``stack`` along ``axis``, one frame at a time.
 
     Returns an iterator of :class:`FrameLabels` (``.frame``, ``.obj_ids``, ``.masks``, ``.labels``) with ``.total``,
-    the number of frames it will produce. Every frame is produced once, except the starting frame of a
-    ``direction="both"`` run, which comes again at the start of the backward pass (the same result). Stop
-    iterating to cancel: the frames already produced are final. Bad input raises InputError here, before any
-    model is loaded.
+    the number of distinct frames it will produce. Each object is tracked on its own, outward from its own
+    prompted frames, so the labels depend on the prompts alone. A frame can come twice: in a "both" run, a frame
+    between the first prompted frames of two objects comes first with the objects that reach it going forward,
+    then again, later, with every object (and an object's own first prompted frame comes again at the start of
+    its backward pass). Each FrameLabels holds the final masks of the objects it names, so writing every one in
+    turn gives the final labels. Stop iterating to cancel: what was produced stays valid. Bad input raises
+    InputError here, before any model is loaded.
 
-    - ``direction``: "both" (from the first prompted frame forward to the end, then backward to the start),
-      "forward" (from the first prompted frame) or "backward" (from the last prompted frame).
+    - ``direction``: "both" (each object forward from its first prompted frame to the end, then backward from it
+      to the start), "forward" (each object from its first prompted frame) or "backward" (each object from its
+      last prompted frame).
     - ``frame_range``: (first, last) frames, inclusive, to limit the run to.
     - ``fixed_indices``: ``{axis: index}`` for stacks with more axes, e.g. ``{1: 5}`` to track (t, z, y, x) along
       t at z = 5. ``channel_axis`` / ``channels``: colour channels (up to 3 shown to SAM2 as RGB).
@@ -141,6 +146,8 @@ def segment_stack(
     ``progress(frames_done, frames_total)`` is called after each frame. Other arguments as in
     :func:`stream_stack`.
     """
+    prompts = prompt_list(prompts)
+    check_ids_fit((prompt.obj_id for prompt in prompts), LABEL_DTYPE)  # label value = obj_id, exactly
     run = stream_stack(
         stack, prompts, axis=axis, model=model, device=device, direction=direction, channel_axis=channel_axis,
         channels=channels, intensity_range=intensity_range, fixed_indices=fixed_indices, frame_range=frame_range,

@@ -1,9 +1,16 @@
 """A tracking session over one stack: prompts in (row, col), per-frame label results out, with the engine's Tracker
 underneath. The napari widget and ``segment_stack`` share it.
 
-A session remembers which prompts the tracker holds, so a caller can hand it the complete, current prompt list again
-and again (as the widget does after each click): only what changed reaches the tracker, and after a first propagation
-the frames clicked since are re-tracked outward from there (``propagate_corrections``) instead of the whole stack.
+Results depend on the prompts alone, never on the order of actions. Every (frame, object) pair with prompts is a
+conditioning frame of that object, decoded from those prompts only (no memory, no earlier mask: what Meta's
+predictor does with a first prompt on an untracked frame), and a full propagation forgets what was tracked before
+and tracks each object outward from its own prompted frames. So a caller can hand the session the complete,
+current prompt list again and again (as the widget does after each click): only the pairs that changed reach the
+tracker, a deleted point re-decodes only its own pair, and the same prompts always give the same labels.
+
+After a first propagation, ``propagate_corrections`` re-tracks only what the prompts changed since: outward from
+each slice prompted since then, for the objects prompted there, stopping where the masks agree with before
+(objects never tracked, or whose prompts were deleted, are tracked afresh).
 """
 
 from __future__ import annotations
@@ -11,10 +18,9 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from .engine import FrameResult, Sam2Model, Tracker
-from .errors import DeviceError, InputError
+from .errors import InputError, translate_out_of_memory
 from .frame_labels import FrameLabels, highest_logit_wins
 from .frames import StackFrames
 from .model_cache import DEFAULT_MODEL, get_model
@@ -22,15 +28,15 @@ from .prompts import EnginePrompt, Prompt, check_prompts_fit, group_prompts, pro
 
 DIRECTIONS = ("both", "forward", "backward")
 
-_OUT_OF_MEMORY = tuple(
-    error for error in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None)) if error
-)
-
 
 class Propagation:
     """An iterator of FrameLabels, one per frame as it is finished, with ``total``: the number of distinct frames the
     run will visit at most (a run of corrections may stop earlier, once the masks agree with the earlier ones), and
     the stack's ``n_frames`` and ``frame_size`` (H, W).
+
+    A frame can come twice in one run: in a "both" run, a frame between two objects' first prompted frames comes
+    with the objects that reach it going forward, and again with all objects going backward. Each FrameLabels holds
+    the final masks of the objects it names.
 
     Stop iterating (or call ``close``) to cancel: the frames already yielded are final.
     """
@@ -83,7 +89,9 @@ class TrackingSession:
         )
         self._tracker = Tracker(self.model, self.frames)
         self._given: dict[tuple[int, int], EnginePrompt] = {}  # (frame, obj_id) -> what the tracker holds
-        self._pending_frames: set[int] = set()  # frames prompted since the last propagation
+        self._changed: set[tuple[int, int]] = set()  # pairs prompted or changed since the last finished run
+        self._stale: set[int] = set()  # objects with prompts deleted since their last run: re-track them whole
+        self._tracked: set[int] = set()  # objects a finished run tracked
         self._has_propagated = False
 
     @property
@@ -100,13 +108,22 @@ class TrackingSession:
 
     @property
     def pending_frames(self) -> tuple[int, ...]:
-        """Frames prompted since the last propagation, in order."""
-        return tuple(sorted(self._pending_frames))
+        """Frames whose prompts changed since the last finished propagation, in order."""
+        stale = {frame for frame, obj_id in self._given if obj_id in self._stale}
+        return tuple(sorted({frame for frame, _ in self._changed} | stale))
 
     @property
     def prompted_pairs(self) -> tuple[tuple[int, int], ...]:
         """The (frame, obj_id) pairs the tracker holds prompts for."""
         return tuple(self._given)
+
+    @property
+    def prompted_frames(self) -> dict[int, tuple[int, ...]]:
+        """obj_id -> the frames where it has prompts, in order."""
+        frames: dict[int, list[int]] = {}
+        for frame, obj_id in sorted(self._given):
+            frames.setdefault(obj_id, []).append(frame)
+        return {obj_id: tuple(frames[obj_id]) for obj_id in sorted(frames)}
 
     @property
     def obj_ids(self) -> tuple[int, ...]:
@@ -115,72 +132,113 @@ class TrackingSession:
     def add_prompts(self, prompts: Iterable[Prompt]) -> list[FrameLabels]:
         """Add prompts (replacing earlier ones of the same object on the same frame); returns the mask of each
         prompted object on its frame."""
-        grouped = self._checked(prompts)
-        return [self._give(prompt) for prompt in grouped]
+        return [self._give(prompt) for prompt in self._checked(prompts)]
 
     def set_prompts(self, prompts: Iterable[Prompt]) -> list[FrameLabels]:
-        """Make the tracker hold exactly ``prompts``: new or changed (frame, object) pairs are added, and if a pair
-        disappeared (a point deleted) the tracker starts over with the remaining ones. Returns the masks of the
-        pairs that changed (after a restart: of every pair)."""
-        grouped = self._checked(prompts)
-        wanted = {(prompt.frame, prompt.obj_id): prompt for prompt in grouped}
-        if set(self._given) - set(wanted):
-            self.restart()
-        return [self._give(prompt) for key, prompt in wanted.items() if not _same(self._given.get(key), prompt)]
+        """Make the tracker hold exactly ``prompts``. Returns a FrameLabels per (frame, object) pair that changed:
+        a new or changed pair's mask decoded from its prompts, a removed pair's all-False mask."""
+        return list(self.prompt_updates(prompts))
+
+    def prompt_updates(self, prompts: Iterable[Prompt]) -> Iterator[FrameLabels]:
+        """``set_prompts`` one changed pair at a time (stop iterating to stop between pairs: the pairs not reached
+        yet keep their earlier prompts)."""
+        wanted = {(prompt.frame, prompt.obj_id): prompt for prompt in self._checked(prompts)}
+        for frame, obj_id in [key for key in self._given if key not in wanted]:
+            self.clear_prompts(frame, obj_id)
+            yield FrameLabels(frame, (obj_id,), np.zeros((1, *self.frame_size), bool))
+        for key, prompt in wanted.items():
+            if not _same(self._given.get(key), prompt):
+                yield self._give(prompt)
+
+    def frame_labels(self, frame: int) -> FrameLabels:
+        """The masks of the objects prompted on ``frame``, from those prompts (overlaps: highest logit wins)."""
+        obj_ids = tuple(obj_id for f, obj_id in sorted(self._given) if f == frame)
+        if not obj_ids:
+            return FrameLabels(frame, (), np.zeros((0, *self.frame_size), bool))
+        return _frame_labels(self._tracker.result_on(frame, obj_ids))
+
+    def clear_prompts(self, frame: int, obj_id: int) -> None:
+        """Forget ``obj_id``'s prompts on ``frame`` (nothing happens where it has none)."""
+        if self._given.pop((frame, obj_id), None) is None:
+            return
+        self._tracker.clear_prompt(frame, obj_id)
+        self._changed.discard((frame, obj_id))
+        if obj_id in self._tracker.obj_ids:
+            self._stale.add(obj_id)
+        else:
+            self._forget(obj_id)
+
+    def remove_object(self, obj_id: int) -> None:
+        """Forget an object: its prompts on every frame and what it tracked."""
+        for frame, other in list(self._given):
+            if other == obj_id:
+                del self._given[(frame, other)]
+                self._changed.discard((frame, other))
+        if obj_id in self._tracker.obj_ids:
+            self._tracker.remove_object(obj_id)
+        self._forget(obj_id)
 
     def restart(self) -> None:
         """Forget every prompt and tracked mask (the frames and the model stay)."""
         self._tracker.reset()
         self._given.clear()
-        self._pending_frames.clear()
+        self._changed.clear()
+        self._stale.clear()
+        self._tracked.clear()
         self._has_propagated = False
 
-    def propagate(self, direction: str = "both", frame_range: tuple[int, int] | None = None) -> Propagation:
-        """Track every object from its prompted frames: ``direction`` "both" (forward, then backward), "forward" or
-        "backward"; ``frame_range`` (first, last), inclusive, limits the frames visited."""
+    def propagate(
+        self, direction: str = "both", frame_range: tuple[int, int] | None = None, obj_ids: Sequence[int] | None = None
+    ) -> Propagation:
+        """Track objects (default: all) from their prompts alone, forgetting what they tracked before: the same
+        prompts always give the same labels. ``direction`` "both": each object forward from its first prompted
+        frame, then backward from it; "forward": from its first prompted frame on; "backward": from its last
+        prompted frame back. ``frame_range`` (first, last), inclusive, limits the frames visited; an object with no
+        prompt inside it is not tracked. Objects are independent: one first prompted on frame 30 is tracked
+        outward from frame 30, whatever the other objects' frames."""
         direction = _checked_direction(direction)
         if not self._given:
             raise InputError("No prompts yet: add points or a box for at least one object before propagating.")
         first, last = self._checked_range(frame_range)
-        prompted = sorted({frame for frame, _ in self._given if first <= frame <= last})
-        if not prompted:
-            raise InputError(
-                f"No prompt lies within frames {first} to {last}: add one there, or widen the range."
-            )
+        chosen = self._checked_objects(obj_ids)
+        in_range = {(frame, obj_id) for frame, obj_id in self._given if obj_id in chosen and first <= frame <= last}
+        frames = {frame for frame, _ in in_range}
+        chosen = {obj_id for _, obj_id in in_range}
+        if not frames:
+            raise InputError(f"No prompt lies within frames {first} to {last}: add one there, or widen the range.")
         if direction == "forward":
-            start = prompted[0]
-            steps = [(start, last - start, False)]
-            total = last - start + 1
+            total = last - min(frames) + 1
         elif direction == "backward":
-            start = prompted[-1]
-            steps = [(start, start - first, True)]
-            total = start - first + 1
+            total = max(frames) - first + 1
         else:
-            start = prompted[0]
-            steps = [(start, last - start, False), (start, start - first, True)]
             total = last - first + 1
-        results = (
-            result
-            for begin, length, reverse in steps
-            for result in self._tracker.propagate(begin, length, reverse=reverse)
-        )
-        return Propagation(self._labelled(results), total, self.n_frames, self.frame_size)
+        results = self._tracker.propagate_from_prompts(direction, first, last, obj_ids=sorted(chosen))
+        return Propagation(self._labelled(results, chosen), total, self.n_frames, self.frame_size)
 
     def propagate_corrections(self) -> Propagation:
-        """Re-track, outward from each frame prompted since the last propagation, the objects prompted there.
-        Each direction stops once an object's masks agree with those it had before."""
-        frames = self.pending_frames
-        if not frames:
+        """Re-track what the prompts changed since the last finished propagation: outward from each frame prompted
+        since, the objects prompted there, each direction stopping once an object's masks agree with those it had
+        before; objects never tracked, or whose prompts were deleted since, are tracked afresh ("both")."""
+        afresh = {obj_id for _, obj_id in self._given if obj_id not in self._tracked} | self._stale
+        corrected: dict[int, list[int]] = {}
+        for frame, obj_id in sorted(self._changed):
+            if obj_id not in afresh:
+                corrected.setdefault(frame, []).append(obj_id)
+        if not afresh and not corrected:
             raise InputError("No corrections to propagate: click on a slice where the mask is wrong first.")
 
-        def corrected() -> Iterator[FrameResult]:
-            for frame in frames:
-                yield from self._tracker.repropagate(frame)
+        def results() -> Iterator[FrameResult]:
+            if afresh:
+                yield from self._tracker.propagate_from_prompts("both", obj_ids=sorted(afresh))
+            for frame, obj_ids in corrected.items():
+                yield from self._tracker.repropagate(frame, obj_ids=obj_ids)
 
-        return Propagation(self._labelled(corrected()), self.n_frames, self.n_frames, self.frame_size)
+        chosen = afresh | {obj_id for obj_ids in corrected.values() for obj_id in obj_ids}
+        return Propagation(self._labelled(results(), chosen), self.n_frames, self.n_frames, self.frame_size)
 
     def close(self) -> None:
-        """Release the frame reader's background thread."""
+        """Release the frame reader's background thread and the tracker's temporary memory file."""
+        self._tracker.close()
         self.frames.close()
 
     def __enter__(self) -> "TrackingSession":
@@ -196,28 +254,43 @@ class TrackingSession:
         check_prompts_fit(prompts, self.n_frames, self.frame_size)
         return group_prompts(prompts, self.frame_size)
 
-    def _give(self, prompt: EnginePrompt) -> FrameLabels:
-        with _friendly_out_of_memory():
-            result = self._tracker.add_prompt(
-                prompt.frame,
-                prompt.obj_id,
-                points=prompt.points_xy,
-                labels=prompt.labels,
-                box=prompt.box_xy,
-                clear_old_points=True,
-            )
-        self._given[(prompt.frame, prompt.obj_id)] = prompt
-        self._pending_frames.add(prompt.frame)
-        # Only the prompted object: the others' results on this frame may be stale or not kept by the tracker.
-        labels = _frame_labels(result)
-        return FrameLabels(labels.frame, (prompt.obj_id,), labels.mask(prompt.obj_id)[None])
+    def _checked_objects(self, obj_ids) -> set[int]:
+        known = {obj_id for _, obj_id in self._given}
+        if obj_ids is None:
+            return known
+        chosen = {int(obj_id) for obj_id in obj_ids}
+        unknown = sorted(chosen - known)
+        if unknown:
+            raise InputError(f"Object(s) {unknown} have no prompts (objects with prompts: {sorted(known)}).")
+        return chosen
 
-    def _labelled(self, results: Iterator[FrameResult]) -> Iterator[FrameLabels]:
-        with _friendly_out_of_memory():
+    def _give(self, prompt: EnginePrompt) -> FrameLabels:
+        result = self._redecode(prompt)
+        key = (prompt.frame, prompt.obj_id)
+        self._given[key] = prompt
+        self._changed.add(key)
+        return _frame_labels(result)
+
+    def _redecode(self, prompt: EnginePrompt) -> FrameResult:
+        with translate_out_of_memory(self.model.device):
+            return self._tracker.set_prompt(
+                prompt.frame, prompt.obj_id, points=prompt.points_xy, labels=prompt.labels, box=prompt.box_xy
+            )
+
+    def _forget(self, obj_id: int) -> None:
+        self._stale.discard(obj_id)
+        self._tracked.discard(obj_id)
+
+    def _labelled(self, results: Iterator[FrameResult], obj_ids: set[int]) -> Iterator[FrameLabels]:
+        """The run's objects only: others' outputs in a result (kept from earlier runs) decide overlaps, and their
+        labels stay as they are."""
+        with translate_out_of_memory(self.model.device):
             for result in results:
-                yield _frame_labels(result)
-        # Only a run that went to its end counts: after a cancel the clicked frames are still to be propagated.
-        self._pending_frames.clear()
+                yield _frame_labels(result).only(obj_ids)
+        # Only a run that went to its end counts: after a cancel or a failure the changes are still to propagate.
+        self._changed = {key for key in self._changed if key[1] not in obj_ids}
+        self._stale -= obj_ids
+        self._tracked |= obj_ids
         self._has_propagated = True
 
     def _checked_range(self, frame_range) -> tuple[int, int]:
@@ -258,18 +331,3 @@ def _checked_direction(direction) -> str:
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}.")
     return direction
-
-
-class _friendly_out_of_memory:
-    """Turn the GPU's out-of-memory error into a DeviceError that says what to do."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, traceback):
-        if exc_type is not None and _OUT_OF_MEMORY and issubclass(exc_type, _OUT_OF_MEMORY):
-            raise DeviceError(
-                "The GPU ran out of memory. Choose a smaller model (e.g. sam2.1_hiera_tiny), close other programs "
-                "using the GPU, or run on the CPU (device 'cpu')."
-            ) from exc
-        return False

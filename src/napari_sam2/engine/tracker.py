@@ -5,14 +5,20 @@ terms (its own prompts, conditioning frames and memory); prompts on a frame neve
 for that object make it a conditioning frame; a click on an already tracked frame is a
 correction that is not a conditioning frame, and the next propagation pass overwrites it
 (use `repropagate` to make a correction stick); `reverse` passes; objects may be added at
-any time.
+any time. `add_prompt`, `add_mask` and `propagate` reproduce Meta's outputs at any length.
+
+Beside Meta's calls, a history-free way to work (what the napari widget and the scripting API
+use): `set_prompt` makes a frame a conditioning frame decoded from its own prompts alone (no
+memory, no earlier mask), `clear_prompt` forgets one, and `propagate_from_prompts` forgets
+earlier tracking and tracks each object outward from its own prompted frames, so the same
+prompts always give the same masks, whatever was clicked and propagated before.
 
 Where it departs from Meta's implementation, on purpose:
 - Frames are read from `frames` when needed and dropped; image features are kept for the
-  last two frames only; per object the tracker keeps the conditioning frames, the memories
-  of the `keep_frames` tracked frames nearest to the latest one, and the tiny object
-  pointers. Host memory stays flat however long the stack. (Corrections and new passes
-  within `keep_frames` of the latest tracked frame see exactly the memory Meta would.)
+  last two frames only. Every tracked frame's memory and mask are kept, as Meta keeps them,
+  but only the `keep_frames` most recently used per object stay in memory: the others go to
+  a temporary file and are read back, bit for bit, when a pass needs them. Host memory stays
+  flat however long the stack, and results are exact.
 - All objects share one image-encoder pass per frame; memory attention, the mask decoder
   and the memory encoder run batched over objects whose memories have the same layout.
 - Small holes are filled everywhere (no CUDA extension needed).
@@ -33,6 +39,7 @@ from .devices import autocast
 from .host_memory import map_large_buffers, outside_heap, release_freed_host_memory
 from .model import NO_OBJ_SCORE, DecoderOutput, FrameFeatures, Sam2Model
 from .postprocess import fill_holes, non_overlapping
+from .spill_store import SpillStore
 
 
 @dataclass
@@ -61,22 +68,54 @@ class _Output:
     maskmem: Optional[torch.Tensor] = None  # (1, mem_dim, 64, 64) bfloat16, None until encoded
 
 
-class _Pointer:
-    """What is kept of a tracked (non-conditioning) frame after its memory is dropped."""
+class _TrackedOutputs:
+    """One object's outputs on its tracked (non-conditioning) frames, all of them (Meta keeps them all): pointers
+    and object scores in memory, masks and memories in the tracker's SpillStore."""
 
-    __slots__ = ("obj_ptr",)
+    def __init__(self, obj_id: int, store: SpillStore):
+        self._obj_id = obj_id
+        self._store = store
+        self._small: dict = {}  # frame -> (obj_ptr, object_score_logits)
 
-    def __init__(self, obj_ptr):
-        self.obj_ptr = obj_ptr
+    def __contains__(self, frame_idx) -> bool:
+        return frame_idx in self._small
+
+    def __len__(self) -> int:
+        return len(self._small)
+
+    def frames(self) -> list:
+        return sorted(self._small)
+
+    def get(self, frame_idx) -> Optional[_Output]:
+        small = self._small.get(frame_idx)
+        if small is None:
+            return None
+        pred_masks, maskmem = self._store.get((self._obj_id, frame_idx))
+        return _Output(pred_masks, small[0], small[1], maskmem)
+
+    def pointer(self, frame_idx) -> Optional[torch.Tensor]:
+        small = self._small.get(frame_idx)
+        return None if small is None else small[0]
+
+    def put(self, frame_idx, out: _Output) -> None:
+        self._small[frame_idx] = (out.obj_ptr, out.object_score_logits)
+        self._store.put((self._obj_id, frame_idx), (out.pred_masks, out.maskmem))
+
+    def pop(self, frame_idx) -> None:
+        if self._small.pop(frame_idx, None) is not None:
+            self._store.pop((self._obj_id, frame_idx))
+
+    def clear(self) -> None:
+        for frame_idx in list(self._small):
+            self.pop(frame_idx)
 
 
 class _ObjectTrack:
-    def __init__(self, obj_id: int):
+    def __init__(self, obj_id: int, store: SpillStore):
         self.obj_id = obj_id
         self.points: dict = {}  # frame -> (coords (1, N, 2) model px, labels (1, N))
         self.cond: "OrderedDict[int, _Output]" = OrderedDict()
-        self.non_cond: "OrderedDict[int, _Output]" = OrderedDict()  # bounded: full memories
-        self.pointers: dict = {}  # frame -> _Pointer for every tracked non-conditioning frame
+        self.non_cond = _TrackedOutputs(obj_id, store)
         self.temp_cond: "OrderedDict[int, _Output]" = OrderedDict()
         self.temp_non_cond: "OrderedDict[int, _Output]" = OrderedDict()
         self.tracked: dict = {}  # frame -> tracked in reverse?
@@ -84,13 +123,9 @@ class _ObjectTrack:
     def output_on(self, frame_idx):
         return self.cond.get(frame_idx) or self.non_cond.get(frame_idx)
 
-    def store_tracked(self, frame_idx, out: _Output, keep_frames: int):
-        self.non_cond[frame_idx] = out
-        self.pointers[frame_idx] = _Pointer(out.obj_ptr)
-        if len(self.non_cond) > keep_frames:
-            far = sorted(self.non_cond, key=lambda t: abs(t - frame_idx))[keep_frames:]
-            for t in far:
-                del self.non_cond[t]
+    def prompted_frames(self) -> list:
+        """Frames with a conditioning output, consolidated or not."""
+        return sorted(set(self.cond) | set(self.temp_cond))
 
 
 def _select_cond_frames(frame_idx, cond: OrderedDict, max_cond):
@@ -128,9 +163,15 @@ class Tracker:
     `frames[i]` -> float32 tensor (3, S, S), the normalised model input of frame i.
     """
 
-    def __init__(self, model: Sam2Model, frames, *, keep_frames: int = 16, offload_memory_to_cpu: bool = False,
-                 non_overlap_masks: bool = False, fill_hole_area: Optional[int] = None,
-                 batch_objects: bool = True):
+    def __init__(self, model: Sam2Model, frames, *, keep_frames: Optional[int] = 16,
+                 offload_memory_to_cpu: bool = False, non_overlap_masks: bool = False,
+                 fill_hole_area: Optional[int] = None, batch_objects: bool = True,
+                 memory_folder: Optional[str] = None):
+        """keep_frames: tracked frames per object whose memories and masks stay in memory (at least
+        num_maskmem - 1); the others are written to a temporary file in `memory_folder` (default: the
+        system's temporary folder) and read back when needed, with the same results. None keeps all in
+        memory: no disk use, but ~0.75 MiB more per frame and object at 1024 px (0.5 MiB memory + 0.25 MiB
+        mask), as Meta's predictor does."""
         if len(frames) < 1:
             raise InputError("The stack has no frames to track.")
         cfg = model.config
@@ -138,7 +179,7 @@ class Tracker:
         self.frames = frames
         self.num_frames = len(frames)
         self.video_hw = tuple(int(s) for s in frames.original_size)
-        self.keep_frames = max(int(keep_frames), cfg.num_maskmem - 1)
+        self.keep_frames = None if keep_frames is None else max(int(keep_frames), cfg.num_maskmem - 1)
         self.non_overlap_masks = non_overlap_masks
         self.batch_objects = batch_objects  # False runs objects one at a time (for comparison)
         self.fill_hole_area = cfg.fill_hole_area if fill_hole_area is None else fill_hole_area
@@ -147,6 +188,7 @@ class Tracker:
         self._objects: "OrderedDict[int, _ObjectTrack]" = OrderedDict()
         self._features: "OrderedDict[int, FrameFeatures]" = OrderedDict()
         self._maskmem_pos: Optional[torch.Tensor] = None
+        self._spill = SpillStore(self.keep_frames, folder=memory_folder)
         map_large_buffers()  # the biggest per-frame buffers bypass the heap (host_memory)
 
     # ---- public API ----------------------------------------------------------------------
@@ -154,15 +196,30 @@ class Tracker:
     def obj_ids(self) -> list:
         return list(self._objects)
 
+    def prompted_frames(self, obj_id: int) -> list:
+        """The frames where `obj_id` has prompts (its conditioning frames), in order."""
+        return self._object(obj_id).prompted_frames()
+
+    def tracked_frames(self, obj_id: int) -> list:
+        """The frames where `obj_id` has a tracked (non-conditioning) output, in order."""
+        return self._object(obj_id).non_cond.frames()
+
     def reset(self) -> None:
         """Forget every object, prompt and memory."""
         self._objects.clear()
         self._features.clear()
+        self._spill.clear()
+
+    def close(self) -> None:
+        """Forget everything and remove the temporary memory file."""
+        self.reset()
+        self._spill.close()
 
     def remove_object(self, obj_id: int) -> None:
         if obj_id not in self._objects:
             raise InputError(f"There is no object {obj_id} to remove (objects: {self.obj_ids}).")
-        del self._objects[obj_id]
+        self._objects.pop(obj_id).non_cond.clear()
+        self._resize_store()
 
     @torch.no_grad()
     def add_prompt(self, frame_idx: int, obj_id: int, points=None, labels=None, box=None,
@@ -218,6 +275,102 @@ class Tracker:
         temp[frame_idx] = self._compact(out, 0)
         return self._consolidated_result(frame_idx, is_cond=is_init)
 
+    # ---- history-free prompts and propagation ------------------------------------------------
+    @torch.no_grad()
+    def set_prompt(self, frame_idx: int, obj_id: int, points=None, labels=None, box=None) -> FrameResult:
+        """Make `frame_idx` a conditioning frame of `obj_id` with exactly these clicks and/or box,
+        decoded from them alone: no memory and no earlier mask, as Meta's predictor decodes the
+        first prompt on a frame it never tracked. The mask depends only on the frame and the
+        prompts. points (N, 2) as (x, y) and box (x0, y0, x1, y1) in original-size pixels; labels
+        1 = positive, 0 = negative. Returns that frame's result for this object alone. What the
+        object tracked before stays until the next `propagate_from_prompts` (or `repropagate`)."""
+        frame_idx = self._check_frame(frame_idx)
+        coords, point_labels = self._prompt_to_model_space(points, labels, box)
+        obj = self._object(obj_id, create=True)
+        obj.points[frame_idx] = (coords, point_labels)
+        obj.temp_non_cond.pop(frame_idx, None)
+        features = self._frame_features(frame_idx)
+        with autocast(self.device):
+            pix = self.model.features_without_memory(features)
+            out = self.model.decode(pix, features.high_res, coords, point_labels,
+                                    multimask_output=self._use_multimask(point_labels.shape[1]))
+        out = obj.temp_cond[frame_idx] = self._compact(out, 0)
+        return self._result(frame_idx, [obj.obj_id], [out])
+
+    def result_on(self, frame_idx: int, obj_ids=None) -> FrameResult:
+        """The latest output of each object of `obj_ids` (default: all) on a frame, as they stand
+        (prompted, corrected or tracked); NO_OBJ_SCORE logits where an object has none. Computes
+        nothing."""
+        frame_idx = self._check_frame(frame_idx)
+        objects = self._selected(obj_ids)
+        outs = [obj.temp_cond.get(frame_idx) or obj.temp_non_cond.get(frame_idx) or obj.output_on(frame_idx)
+                for obj in objects]
+        return self._result(frame_idx, [obj.obj_id for obj in objects], outs)
+
+    def clear_prompt(self, frame_idx: int, obj_id: int) -> None:
+        """Forget `obj_id`'s prompts on `frame_idx` and its mask there; an object left without
+        any prompt is removed."""
+        frame_idx = self._check_frame(frame_idx)
+        obj = self._object(obj_id)
+        for kept in (obj.points, obj.cond, obj.temp_cond, obj.temp_non_cond):
+            kept.pop(frame_idx, None)
+        obj.non_cond.pop(frame_idx)
+        if not obj.prompted_frames():
+            self.remove_object(obj.obj_id)
+
+    def clear_tracking(self, obj_ids=None) -> None:
+        """Forget what these objects (default: all) tracked: every non-conditioning output and
+        correction not yet propagated. Their prompts stay."""
+        for obj in self._selected(obj_ids):
+            obj.non_cond.clear()
+            obj.temp_non_cond.clear()
+            obj.tracked.clear()
+
+    def propagate_from_prompts(self, direction: str = "both", first_frame: Optional[int] = None,
+                               last_frame: Optional[int] = None, obj_ids=None) -> Iterator[FrameResult]:
+        """Track objects (default: all) outward from their own prompted frames, after forgetting
+        what they tracked before: the same prompts always give the same masks.
+
+        direction: "forward", each object from its first prompted frame to `last_frame`;
+        "backward", from its last prompted frame back to `first_frame`; "both", forward from its
+        first prompted frame, then backward from that frame (Meta's forward pass followed by a
+        reverse pass from the same start). first_frame / last_frame (default: the whole stack)
+        bound the frames visited; an object with no prompt between them is not tracked.
+
+        Objects never wait for or start from another object's frames (an object first prompted
+        on frame 30 is tracked from frame 30), yet run batched: each sweep visits a frame once for
+        all objects that reach it. A frame's result holds those objects and every other object's
+        output of this run on that frame; so in "both", a frame between two objects' starts is
+        yielded twice, the second time with all of them."""
+        if direction not in ("both", "forward", "backward"):
+            raise InputError(f"direction must be 'both', 'forward' or 'backward'; got {direction!r}.")
+        first = 0 if first_frame is None else self._check_frame(first_frame)
+        last = self.num_frames - 1 if last_frame is None else self._check_frame(last_frame)
+        if first > last:
+            raise InputError(f"The first frame ({first}) comes after the last ({last}).")
+        self._consolidate_prompts()
+        prompted = {obj.obj_id: [t for t in obj.cond if first <= t <= last] for obj in self._selected(obj_ids)}
+        objects = [obj for obj in self._selected(obj_ids) if prompted[obj.obj_id]]
+        if not objects:
+            raise InputError(f"No prompt lies within frames {first} to {last}: add one there, or widen the range.")
+        self.clear_tracking([obj.obj_id for obj in objects])
+        sweeps = []
+        if direction != "backward":
+            sweeps.append((False, {obj.obj_id: min(prompted[obj.obj_id]) for obj in objects}))
+        if direction != "forward":
+            start = min if direction == "both" else max
+            sweeps.append((True, {obj.obj_id: start(prompted[obj.obj_id]) for obj in objects}))
+        for reverse, starts in sweeps:
+            if reverse:
+                order = range(max(starts.values()), first - 1, -1)
+            else:
+                order = range(min(starts.values()), last + 1)
+            for frame_idx in order:
+                active = [obj for obj in objects
+                          if (starts[obj.obj_id] >= frame_idx if reverse else starts[obj.obj_id] <= frame_idx)]
+                yield self._propagate_frame(frame_idx, active, reverse, with_others=True)
+
+    # ---- Meta's propagation calls -----------------------------------------------------------
     def propagate(self, start_frame_idx=None, max_frame_num_to_track=None, reverse=False) -> Iterator[FrameResult]:
         """Track every object frame by frame, yielding each frame's result as it is ready.
 
@@ -235,25 +388,45 @@ class Tracker:
         yield from self.propagate(start, max_frame_num_to_track, reverse=False)
         yield from self.propagate(start, max_frame_num_to_track, reverse=True)
 
-    def repropagate(self, frame_idx: int, stop_iou: Optional[float] = 0.97, patience: int = 3) -> Iterator[FrameResult]:
-        """Make the corrections on `frame_idx` stick: that frame becomes a conditioning frame of
-        each corrected object, which is then re-tracked outward in both directions.
+    def repropagate(self, frame_idx=None, obj_ids=None, stop_iou: Optional[float] = 0.97,
+                    patience: int = 3) -> Iterator[FrameResult]:
+        """Make corrections stick: on each frame of `frame_idx` (one frame, several, or None for
+        every frame with a prompt or correction not yet propagated), every object corrected or
+        prompted there since the last pass (or each object of `obj_ids` with a prompt there)
+        gets that frame as a conditioning frame and is re-tracked outward from it in both
+        directions, frame after frame in order.
 
         A direction stops early for an object once its new mask agrees with the mask it had
         before (IoU >= stop_iou) on `patience` consecutive frames; stop_iou=None never stops.
-        Yields results for the corrected objects only."""
-        frame_idx = self._check_frame(frame_idx)
-        targets = []
-        for obj in self._objects.values():
-            out = obj.temp_non_cond.pop(frame_idx, None)
-            if out is not None:
-                obj.temp_cond[frame_idx] = out
-                targets.append(obj)
-            elif frame_idx in obj.temp_cond:
-                targets.append(obj)
-        if not targets:
-            raise InputError(f"Nothing to re-propagate from frame {frame_idx}: add a correction there first.")
+        Yields results for the re-tracked objects only."""
+        pending = {t for obj in self._objects.values() for t in (*obj.temp_cond, *obj.temp_non_cond)}
+        if frame_idx is None:
+            frames = sorted(pending)
+        else:
+            frames = sorted({self._check_frame(t) for t in np.atleast_1d(np.asarray(frame_idx, dtype=object))})
+        wanted = None if obj_ids is None else {self._object(i).obj_id for i in np.atleast_1d(obj_ids).tolist()}
+        plan = []
+        for t in frames:
+            targets = []
+            for obj in self._objects.values():
+                if wanted is not None and obj.obj_id not in wanted:
+                    continue
+                out = obj.temp_non_cond.pop(t, None)
+                if out is not None:
+                    obj.temp_cond[t] = out
+                if t in obj.temp_cond or (wanted is not None and t in obj.cond):
+                    targets.append(obj)
+            if targets:
+                plan.append((t, targets))
+            elif frame_idx is not None:
+                raise InputError(f"Nothing to re-propagate from frame {t}: add a correction there first.")
+        if not plan:
+            raise InputError("Nothing to re-propagate: add a correction on a tracked frame first.")
         self._consolidate_prompts()
+        for t, targets in plan:
+            yield from self._retrack_outward(t, targets, stop_iou, patience)
+
+    def _retrack_outward(self, frame_idx, targets, stop_iou, patience) -> Iterator[FrameResult]:
         for reverse in (False, True):
             active = list(targets)
             streak = {obj.obj_id: 0 for obj in targets}
@@ -277,17 +450,22 @@ class Tracker:
 
     # ---- one frame -----------------------------------------------------------------------
     @torch.no_grad()
-    def _propagate_frame(self, frame_idx, objects, reverse) -> FrameResult:
+    def _propagate_frame(self, frame_idx, objects, reverse, with_others=False) -> FrameResult:
+        """Track `objects` on one frame (conditioning frames are kept as they are); the result holds
+        them and, with `with_others`, every other object that has an output on the frame."""
         to_track = [obj for obj in objects if frame_idx not in obj.cond]
         outputs = {}
         if to_track:
             outputs = self._track(frame_idx, to_track, reverse)
         for obj in objects:
             if obj.obj_id in outputs:
-                obj.store_tracked(frame_idx, outputs[obj.obj_id], self.keep_frames)
+                obj.non_cond.put(frame_idx, outputs[obj.obj_id])
             obj.tracked[frame_idx] = reverse
-        outs = [obj.cond[frame_idx] if obj.obj_id not in outputs else outputs[obj.obj_id] for obj in objects]
-        result = self._result(frame_idx, [obj.obj_id for obj in objects], outs)
+        ids = {obj.obj_id for obj in objects}
+        shown = [obj for obj in self._objects.values() if obj.obj_id in ids or (
+            with_others and (frame_idx in obj.cond or frame_idx in obj.non_cond))]
+        outs = [outputs.get(obj.obj_id) or obj.output_on(frame_idx) for obj in shown]
+        result = self._result(frame_idx, [obj.obj_id for obj in shown], outs)
         release_freed_host_memory()  # keeps a long propagation's resident memory flat
         return result
 
@@ -351,10 +529,12 @@ class Tracker:
             t = frame_idx + t_diff if reverse else frame_idx - t_diff
             if t < 0 or t >= self.num_frames:
                 break
-            out = obj.pointers.get(t, unselected.get(t))
-            if out is not None:
+            ptr = obj.non_cond.pointer(t)
+            if ptr is None and t in unselected:
+                ptr = unselected[t].obj_ptr
+            if ptr is not None:
                 t_diffs.append(t_diff)
-                ptrs.append(out.obj_ptr)
+                ptrs.append(ptr)
         num_ptr_tokens = 0
         if ptrs:
             ptr_tokens, ptr_pos = self.model.pointer_tokens(torch.stack([p.to(self.device) for p in ptrs]), t_diffs, max_ptrs)
@@ -383,13 +563,12 @@ class Tracker:
                     if is_cond:
                         obj.cond[frame_idx] = out
                     else:
-                        obj.store_tracked(frame_idx, out, self.keep_frames)
+                        obj.non_cond.put(frame_idx, out)
                 temp.clear()
             if not obj.cond:
                 raise InputError(f"Object {obj.obj_id} has no prompt on any frame: add points or a box for it.")
             for frame_idx in obj.cond:
-                obj.non_cond.pop(frame_idx, None)
-                obj.pointers.pop(frame_idx, None)
+                obj.non_cond.pop(frame_idx)
 
     def _encode_prompted_memory(self, frame_idx, out: _Output) -> torch.Tensor:
         features = self._frame_features(frame_idx)
@@ -473,8 +652,21 @@ class Tracker:
         if obj_id not in self._objects:
             if not create:
                 raise InputError(f"There is no object {obj_id}.")
-            self._objects[obj_id] = _ObjectTrack(obj_id)
+            self._objects[obj_id] = _ObjectTrack(obj_id, self._spill)
+            self._resize_store()
         return self._objects[obj_id]
+
+    def _selected(self, obj_ids) -> list:
+        """The objects of `obj_ids` (default: all), in the tracker's order."""
+        if obj_ids is None:
+            return list(self._objects.values())
+        wanted = {self._object(obj_id).obj_id for obj_id in obj_ids}
+        return [obj for obj in self._objects.values() if obj.obj_id in wanted]
+
+    def _resize_store(self) -> None:
+        # keep_frames per object stay in memory
+        if self.keep_frames is not None:
+            self._spill.capacity = self.keep_frames * max(1, len(self._objects))
 
     def _check_frame(self, frame_idx) -> int:
         if isinstance(frame_idx, bool) or not isinstance(frame_idx, (int, np.integer)):
