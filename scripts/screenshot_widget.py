@@ -1,5 +1,6 @@
 """Make the README screenshot: napari with the SAM2 widget on the synthetic nuclei sample, after two objects were
-clicked on slice 12 (one of them with a negative click too) and propagated through slices 8 to 16.
+clicked on slice 12 (one of them with a negative click too) and propagated through slices 8 to 16; the widget's
+object list shows both.
 
 By default the model is the official tiny architecture with deterministic random weights (napari_sam2.testing),
 so the picture needs no download and is the same on every machine. Such weights do not find nuclei (a mask tends
@@ -28,43 +29,46 @@ MAX_COVER = 0.25  # the two objects' masks may cover at most this part of the sl
 
 def choose_prompts(model, image, truth):
     """Clicks (row, col, positive) per object id on SLICE: the centres of the two nuclei whose single-click masks
-    are both well visible side by side (after SAM2's highest-logit rule), and for the second one a negative click
-    nearby that leaves it visible."""
-    from napari_sam2.engine import Tracker
-    from napari_sam2.frames import StackFrames
+    are both well visible side by side (as the widget writes them: each object's mask decoded from its own clicks,
+    the second one only where the first is not), and for the second one a negative click nearby that leaves it
+    visible."""
+    from napari_sam2 import Prompt
+    from napari_sam2.tracking import TrackingSession
 
-    tracker = Tracker(model, StackFrames(image, image_size=model.image_size, prefetch=0))
+    session = TrackingSession(image, model=model, prefetch=0)
 
-    def logits_of(obj_id, clicks):
-        points = [(col, row) for row, col, _ in clicks]
-        result = tracker.add_prompt(SLICE, obj_id, points=points, labels=[int(p) for _, _, p in clicks])
-        return result.mask_logits[result.obj_ids.index(obj_id)].numpy()
+    def mask_of(obj_id, clicks):
+        prompt = Prompt(SLICE, obj_id, points=[(row, col) for row, col, _ in clicks],
+                        labels=[int(p) for _, _, p in clicks])
+        results = session.set_prompts([prompt])  # also clears the object tried before
+        return [result for result in results if obj_id in result.obj_ids][-1].mask(obj_id)
 
     def visible(a, b):
-        """Pixels each of two objects keeps when the higher logit wins."""
-        return ((a > 0) & (a >= b)).sum(), ((b > 0) & (b > a)).sum()
+        """Pixels each of two objects shows when the second is written only where the first is not."""
+        return int(a.sum()), int((b & ~a).sum())
 
     candidates = []
     for obj_id, label in enumerate(np.unique(truth[SLICE])[1:], start=1):
         rows, cols = np.nonzero(truth[SLICE] == label)
         click = (int(round(rows.mean())), int(round(cols.mean())), True)
-        candidates.append((obj_id, click, logits_of(obj_id, [click])))
+        candidates.append((obj_id, click, mask_of(obj_id, [click])))
     best, best_score = None, 0
     for i, (_, _, a) in enumerate(candidates):
-        for j, (_, _, b) in enumerate(candidates[i + 1:], start=i + 1):
-            if ((a > 0) | (b > 0)).mean() <= MAX_COVER and min(visible(a, b)) > best_score:
+        for j, (_, _, b) in enumerate(candidates):
+            if i != j and (a | b).mean() <= MAX_COVER and min(visible(a, b)) > best_score:
                 best, best_score = (i, j), min(visible(a, b))
     if best is None:
         raise RuntimeError("no two nuclei give masks that can be shown side by side with this model")
-    (_, first, first_logits), (second_id, second, _) = candidates[best[0]], candidates[best[1]]
+    (_, first, first_mask), (second_id, second, _) = candidates[best[0]], candidates[best[1]]
     objects = {1: [first], 2: [second]}
     height, width = truth.shape[1:]
     for d_row, d_col in NEGATIVE_STEPS:
         negative = (second[0] + d_row, second[1] + d_col, False)
         if 0 <= negative[0] < height and 0 <= negative[1] < width:
-            if min(visible(first_logits, logits_of(second_id, [second, negative]))) > 0:
+            if min(visible(first_mask, mask_of(second_id, [second, negative]))) > 0:
                 objects[2].append(negative)
                 break
+    session.close()
     return objects
 
 

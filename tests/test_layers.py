@@ -5,7 +5,13 @@ import pandas as pd
 import pytest
 from napari.layers import Image, Labels, Points, Shapes
 
-from napari_sam2._napari.labels_writer import LabelsRun, frame_changes
+from napari_sam2._napari.labels_writer import (
+    LabelsRun,
+    check_ids_fit_layer,
+    frame_changes,
+    largest_id,
+    remove_object_labels,
+)
 from napari_sam2._napari.layers import OBJ_ID, POSITIVE, prompts_from_layers, to_image_data
 from napari_sam2._napari.stack_plane import (
     axis_letters,
@@ -236,6 +242,79 @@ def test_a_run_is_written_as_one_undo_step():
     assert (labels.data == 2).sum() == 3 * 20 - 1 and labels.data[1, 0, 0] == 9
     labels.undo()
     assert (labels.data == 2).sum() == 0 and labels.data[1, 0, 0] == 9
+
+
+def paint_stroke(labels, coords, value):
+    """A brush stroke as napari records it: several paint calls, one undo item."""
+    with labels.block_history():
+        for coord in coords:
+            labels.paint(coord, value, refresh=False)
+
+
+def test_a_run_owns_its_writes_the_users_history_stays_and_the_run_is_one_item_on_top():
+    image = Image(np.zeros((4, 12, 12)))
+    labels = Labels(np.zeros((4, 12, 12), np.int32))
+    labels.brush_size = 1
+    paint_stroke(labels, [(0, 10, 10), (0, 10, 11)], 7)  # the user's stroke before the run
+    labels.mode = "paint"
+    before_run = labels.data.copy()
+    run = LabelsRun(labels, stack_plane(image, 0, (0, 0, 0)))
+    assert not labels.editable and str(labels.mode) == "pan_zoom", "locked while the run writes"
+    for frame in range(4):
+        run.write(frame_result(frame, [2], np.pad(np.ones((3, 3), bool), ((2, 7), (2, 7)))))
+    run.write(frame_result(1, [2], np.pad(np.ones((4, 4), bool), ((2, 6), (2, 6)))))  # a frame yielded twice
+    labels.undo()  # Ctrl-Z while the run writes does nothing: the history is set aside
+    assert (labels.data == 2).sum() == 3 * 9 + 16
+    run.finish()
+    assert labels.editable and str(labels.mode) == "paint"
+    after_run = labels.data.copy()
+    paint_stroke(labels, [(2, 0, 0), (2, 0, 1)], 5)  # the user's stroke after the run
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, after_run)  # only the stroke went
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before_run)  # the whole run went, in one step
+    labels.undo()
+    assert not labels.data.any()  # and the stroke before it is still undoable
+    labels.redo()
+    labels.redo()
+    np.testing.assert_array_equal(labels.data, after_run)
+
+
+def test_a_run_whose_layer_data_was_replaced_writes_nothing_more():
+    image = Image(np.zeros((3, 6, 6)))
+    labels = Labels(np.zeros((3, 6, 6), np.int32))
+    run = LabelsRun(labels, stack_plane(image, 0, (0, 0, 0)))
+    run.write(frame_result(0, [1], np.ones((6, 6), bool)))
+    labels.data = np.zeros((3, 8, 8), np.int32)
+    assert "changed shape" in run.problem()
+    with pytest.raises(InputError, match="changed shape"):
+        run.write(frame_result(1, [1], np.ones((6, 6), bool)))
+    run.finish()
+    assert labels.editable and not labels.data.any()
+
+
+def test_label_ids_that_do_not_fit_the_layer_are_refused_before_anything_is_written():
+    image = Image(np.zeros((2, 4, 4)))
+    labels = Labels(np.zeros((2, 4, 4), np.uint8))
+    run = LabelsRun(labels, stack_plane(image, 0, (0, 0, 0)))
+    for obj_id in (256, 300):
+        with pytest.raises(InputError, match=f"Object id {obj_id} does not fit.*Convert data type"):
+            run.write(frame_result(0, [obj_id], np.ones((4, 4), bool)))
+    run.write(frame_result(0, [255], np.ones((4, 4), bool)))
+    run.finish()
+    assert set(np.unique(labels.data)) == {0, 255}
+    assert check_ids_fit_layer([255], labels) is None
+    assert largest_id(np.uint8) == 255 and largest_id(np.int64) == 2**31 - 1
+
+
+def test_removing_an_object_clears_it_on_every_slice_in_one_undo_step():
+    labels = Labels(np.zeros((3, 4, 4), np.int32))
+    labels.data[:, :2] = 4
+    labels.data[:, 2:] = 1
+    assert remove_object_labels(labels, 4) == 3 * 8
+    assert not (labels.data == 4).any() and (labels.data == 1).sum() == 3 * 8
+    labels.undo()
+    assert (labels.data == 4).sum() == 3 * 8
 
 
 def test_non_overlap_rules():

@@ -159,6 +159,7 @@ class StackFrames:
 
         self._ranges_lock = threading.Lock()
         self._ranges: np.ndarray | None = None
+        self.saturation_message: str | None = None
         if intensity_range is not None:
             n_data_channels = 1 if self._layout.channel_axis is None else self._layout.shape[self._layout.channel_axis]
             per_data_channel = parse_intensity_range(intensity_range, n_data_channels)
@@ -191,7 +192,8 @@ class StackFrames:
         """(low, high) per shown channel, shape (n_channels, 2); computed from sample frames on first use.
 
         When that automatic range is pinned to saturated pixels (more than 0.5 % of a channel's sampled pixels at
-        its top), a :class:`napari_sam2.errors.SaturationWarning` says so, once for this view.
+        its top), a :class:`napari_sam2.errors.SaturationWarning` says so, once for this view; its text stays in
+        ``saturation_message`` (None otherwise) for callers that show it their own way (the widget).
         """
         warning = None
         with self._ranges_lock:
@@ -202,7 +204,7 @@ class StackFrames:
                 # Only the automatic range is checked. A range the user gave (napari's contrast limits,
                 # intensity_range=, --intensity-range) is a choice made looking at the data, where clipping the
                 # brightest pixels is often the point; and giving a range is what the warning would advise.
-                warning = saturation_message(sampled, self._channels)
+                warning = self.saturation_message = saturation_message(sampled, self._channels)
             ranges = self._ranges
         if warning is not None:
             warnings.warn(warning, SaturationWarning, stacklevel=2)

@@ -3,7 +3,8 @@ Labels layer the masks go to, all aligned with the image (same scale, translate 
 
 Points carry two features: ``positive`` (True / False) and ``obj_id``. A point is filled with its object's label
 colour and ringed green (positive, a disc) or magenta (negative, a cross). A plain click adds a positive point,
-a Shift-click a negative one. Boxes carry ``obj_id`` and are outlined in their object's colour.
+a Shift-click a negative one (the other way round for one click after ``toggle_next_polarity``). Boxes carry
+``obj_id`` and are outlined in their object's colour.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .stack_plane import layer_array
 
 ROLE = "napari_sam2_role"  # metadata key marking the widget's layers ...
 FOR_IMAGE = "napari_sam2_image"  # ... and the image (by name) they belong to
+NEXT_INVERTED = "napari_sam2_next_click_inverted"  # points metadata: the next click has the other polarity
 POSITIVE_BORDER = (0.0, 1.0, 0.0, 1.0)
 NEGATIVE_BORDER = (1.0, 0.0, 1.0, 1.0)
 POSITIVE_SYMBOL, NEGATIVE_SYMBOL = "disc", "x"
@@ -46,14 +48,26 @@ def find_or_create_prompt_layers(viewer, image_layer) -> PromptLayers:
 
 
 def polarity_from_click(layer, event) -> None:
-    """Before napari's add-point handler runs: Shift held -> the next point is negative, else positive."""
+    """Before napari's add-point handler runs: Shift held -> the next point is negative, else positive; after
+    ``toggle_next_polarity`` the next click is the other way round (once)."""
     if str(layer.mode) != "add":
         return
     positive = "Shift" not in event.modifiers
+    if layer.metadata.get(NEXT_INVERTED):
+        positive = not positive
+        layer.metadata[NEXT_INVERTED] = False
     defaults = layer.feature_defaults
     if POSITIVE in defaults and bool(defaults[POSITIVE].iloc[0]) == positive:
         return
     layer.feature_defaults = {**_defaults_dict(layer), POSITIVE: positive}
+
+
+def toggle_next_polarity(points) -> bool:
+    """Make the next click on ``points`` the other polarity (a plain click negative, a Shift-click positive), or
+    undo that; returns whether the next plain click is now negative."""
+    inverted = not points.metadata.get(NEXT_INVERTED, False)
+    points.metadata[NEXT_INVERTED] = inverted
+    return inverted
 
 
 def set_current_object(layers: PromptLayers, obj_id: int) -> None:
