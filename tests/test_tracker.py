@@ -239,26 +239,26 @@ def test_corrections_on_several_frames_all_stick(fast_model, frames, stack):
     assert torch.equal(rerun[0].low_res_logits, first) and torch.equal(rerun[9].low_res_logits, second)
     with pytest.raises(InputError, match="Nothing to re-propagate"):
         list(tracker.repropagate())
-    assert len(list(tracker.propagate())) == 8  # still usable
+    assert len(list(tracker.propagate())) == 7  # still usable: from the first conditioning frame (1) on
 
 
 def test_set_prompt_depends_on_the_prompts_alone(fast_model, frames, stack):
     labels = stack[1]
-    click = centroid_xy(labels[2], labels[2].max())
+    click = centroid_xy(labels[0], labels[0].max())
     tracker = Tracker(fast_model, frames)
-    first = tracker.set_prompt(2, 1, points=[click], labels=[1])
+    first = tracker.set_prompt(0, 1, points=[click], labels=[1])
     assert first.obj_ids == [1] and (first.low_res_logits > 0).any()
     list(tracker.propagate_from_prompts())
     # on a tracked frame, with memory around it and a mask there: still decoded from the prompts alone
-    again = tracker.set_prompt(2, 1, points=[click], labels=[1])
+    again = tracker.set_prompt(0, 1, points=[click], labels=[1])
     assert torch.equal(again.low_res_logits, first.low_res_logits)
-    assert torch.equal(tracker.result_on(2).low_res_logits, first.low_res_logits)
+    assert torch.equal(tracker.result_on(0).low_res_logits, first.low_res_logits)
     other = tracker.set_prompt(5, 1, points=[click], labels=[1])
     fresh = Tracker(fast_model, frames)
     assert torch.equal(fresh.set_prompt(5, 1, points=[click], labels=[1]).low_res_logits, other.low_res_logits)
     tracker.clear_prompt(5, 1)
-    assert tracker.prompted_frames(1) == [2]
-    tracker.clear_prompt(2, 1)  # its last prompt: the object is gone
+    assert tracker.prompted_frames(1) == [0]
+    tracker.clear_prompt(0, 1)  # its last prompt: the object is gone
     assert tracker.obj_ids == []
     with pytest.raises(InputError, match="direction"):
         next(fresh.propagate_from_prompts("sideways"))
