@@ -59,11 +59,14 @@ def map_large_buffers() -> bool:
 
 def outside_heap(t: torch.Tensor) -> torch.Tensor:
     """A tensor to keep across frames: a large CPU tensor is copied into its own anonymous mapping (unmapped when
-    the tensor is freed); anything else is returned as it is."""
+    the tensor is freed), in the same memory layout; anything else is returned as it is."""
     nbytes = t.numel() * t.element_size()
     if _libc is None or t.device.type != "cpu" or nbytes < MIN_MAPPED_BYTES:
         return t
-    kept = torch.frombuffer(mmap.mmap(-1, nbytes), dtype=t.dtype, count=t.numel()).view(t.shape)
+    kept = torch.frombuffer(mmap.mmap(-1, nbytes), dtype=t.dtype, count=t.numel())
+    # the same strides where t is dense (e.g. channels-last features): later convolutions round by layout
+    dense = all(st >= 0 for st in t.stride()) and 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) == t.numel()
+    kept = kept.as_strided(t.shape, t.stride()) if dense else kept.view(t.shape)
     return kept.copy_(t)
 
 

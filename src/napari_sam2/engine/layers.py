@@ -45,10 +45,19 @@ def activate_(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def add_residual_(y: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual + y, written into y when it can hold the result (addition commutes: the same bits)."""
-    if y.shape == residual.shape and y.dtype == torch.promote_types(y.dtype, residual.dtype) and y.is_contiguous():
+    """residual + y, written into y when it can hold the result (addition commutes: the same bits).
+
+    Only where y has the residual's memory layout: `residual + y` takes the residual's layout, and the official
+    model relies on that (Hiera's first stage stays in the patch embedding's NCHW layout, and the 1x1 convolution
+    of the FPN rounds differently on another layout)."""
+    if (y.shape == residual.shape and y.dtype == torch.promote_types(y.dtype, residual.dtype) and y.is_contiguous()
+            and _same_layout(y, residual)):
         return y.add_(residual)
     return residual + y
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return all(sa == sb for n, sa, sb in zip(a.shape, a.stride(), b.stride()) if n > 1)
 
 
 class LayerNorm2d(nn.Module):
@@ -142,8 +151,10 @@ class RoPEAttention(Attention):
 
     def _set_grid(self, end_x, end_y):
         angles = axial_rope_angles(self.internal_dim // self.num_heads, end_x, end_y, self.rope_theta)
-        self.register_buffer("rope_cos", torch.cos(angles), persistent=False)
-        self.register_buffer("rope_sin", torch.sin(angles), persistent=False)
+        # cos and sin as the official code gets them (torch.polar): torch.cos / torch.sin differ in the last bit
+        rotation = torch.polar(torch.ones_like(angles), angles)
+        self.register_buffer("rope_cos", rotation.real.contiguous(), persistent=False)
+        self.register_buffer("rope_sin", rotation.imag.contiguous(), persistent=False)
 
     def forward(self, q, k, v, num_k_exclude_rope: int = 0):
         q, k, v = self._project(q, k, v)

@@ -188,7 +188,10 @@ class Sam2Model(nn.Module):
         else:
             mask_for_mem = torch.sigmoid(high_res_masks)
         mask_for_mem = mask_for_mem * self.config.sigmoid_scale_for_mem_enc + self.config.sigmoid_bias_for_mem_enc
-        maskmem, pos = self.memory_encoder(features.vision, mask_for_mem)
+        # the official model hands its memory encoder the features through a flattened (HW, B, C) view: the same
+        # values, but the strides it gets (batch stride C) change how the first 1x1 convolution rounds
+        vision = features.vision
+        maskmem, pos = self.memory_encoder(vision.flatten(2).view(vision.shape), mask_for_mem)
         if self.config.no_obj_embed_spatial:
             absent = 1 - (object_score_logits > 0).float()
             maskmem = maskmem + absent[..., None, None] * self.no_obj_embed_spatial[..., None, None]

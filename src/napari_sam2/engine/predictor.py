@@ -81,7 +81,11 @@ class ImagePredictor:
 
     def _prompt_tensors(self, point_coords, point_labels, box, mask_input):
         h, w = self._orig_hw
-        scale = np.array([self.model.image_size / w, self.model.image_size / h], dtype=np.float32)
+        size = np.array([w, h], dtype=np.float32)
+
+        def to_model(xy):  # as the official code: normalised by the image size, then scaled (float32)
+            return xy / size * np.float32(self.model.image_size)
+
         coords = labels = None
         if point_coords is not None:
             if point_labels is None:
@@ -90,9 +94,9 @@ class ImagePredictor:
             lab = _as_array(point_labels, "point_labels", np.int64).reshape(-1)
             if len(pts) != len(lab):
                 raise InputError(f"{len(pts)} points but {len(lab)} labels: give one label per point.")
-            coords, labels = pts * scale, lab
+            coords, labels = to_model(pts), lab
         if box is not None:
-            corners = _as_array(box, "box").reshape(-1, 2) * scale
+            corners = to_model(_as_array(box, "box").reshape(-1, 2))
             if corners.shape[0] != 2:
                 raise InputError("box must be (x0, y0, x1, y1).")
             box_labels = np.array([2, 3])

@@ -681,7 +681,6 @@ class Tracker:
         if (points is None) != (labels is None):
             raise InputError("Points need labels, one per point (1 = positive, 0 = negative).")
         h, w = self.video_hw
-        scale = torch.tensor([self.model.image_size / w, self.model.image_size / h], dtype=torch.float32)
         coords = torch.zeros(0, 2)
         point_labels = torch.zeros(0, dtype=torch.int32)
         if points is not None:
@@ -700,7 +699,8 @@ class Tracker:
             _check_inside(corners, h, w, "box corner")
             coords = torch.cat([corners, coords])
             point_labels = torch.cat([torch.tensor([2, 3], dtype=torch.int32), point_labels])
-        coords = coords * scale
+        # as Meta's predictor: normalised by the video size, then scaled (float32; x * (S / W) rounds differently)
+        coords = coords / torch.tensor([w, h]) * self.model.image_size
         return coords[None].to(self.device), point_labels[None].to(self.device)
 
     def _default_start(self):
