@@ -49,8 +49,9 @@ def run(tracker, **kwargs):
 
 
 def test_batched_objects_equal_one_at_a_time(fast_model, frames, stack):
-    batched = Tracker(fast_model, frames)
-    single = Tracker(fast_model, frames, batch_objects=False)
+    batched = Tracker(fast_model, frames, batch_objects=True)  # the default on a GPU
+    single = Tracker(fast_model, frames)  # one at a time, the default on CPU
+    assert not single.batch_objects
     ids = prompt_objects(batched, stack)
     prompt_objects(single, stack)
     assert len(ids) == 3

@@ -1,4 +1,8 @@
-"""Runs a golden video scenario's calls through Tracker and collects the arrays the reference stores."""
+"""Runs a golden video scenario's calls through Tracker and collects the arrays the reference stores; makes the
+frames of the extra golden scenarios (tests/data/golden_extra) and of benchmarks/reference_scenarios.py."""
+
+import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,3 +61,55 @@ def run_calls(tracker, calls, on_call=None):
             out[f"c{i}_obj_ptr"] = np.stack([r.obj_ptrs.numpy() for r in results])
             out[f"c{i}_video_res_masks_packed"] = np.stack([pack_masks(r.mask_logits) for r in results])
     return out
+
+
+class TensorFrames:
+    """Frames already turned into model inputs (T, 3, S, S), with the video's original size."""
+
+    def __init__(self, images, video_hw):
+        self.images, self.original_size = images, tuple(video_hw)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i]
+
+
+def golden_video_frames_u8(golden_dir) -> np.ndarray:
+    """The 16 frames of the two golden videos (uint8 (16, 1024, 1024, 3) RGB): video_sam2.1_t's 8, then video_sam2_t's."""
+    return np.concatenate([np.load(Path(golden_dir) / f"{name}.npz")["frames_u8"] for name in ("video_sam2.1_t", "video_sam2_t")])
+
+
+def cell_timelapse_u8(n_frames, hw, seed, n_cells=6) -> np.ndarray:
+    """n_frames of the sample time-lapse (napari_sam2.sample_data.make_cell_timelapse: cells wandering, one of them
+    dividing halfway) at hw = (H, W): scaled to uint8 by the stack's maximum, grey repeated as RGB (T, H, W, 3).
+    Any length, deterministic for a seed, no data files needed."""
+    from napari_sam2.sample_data import make_cell_timelapse
+
+    image, _ = make_cell_timelapse(shape=(int(n_frames), int(hw[0]), int(hw[1])), n_cells=n_cells, seed=seed)
+    grey = np.round(image / image.max() * 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+def frames_from_spec(spec: dict, golden_dir=None) -> np.ndarray:
+    """uint8 RGB frames (T, H, W, 3) from a scenario's frame spec: {"source": "golden_videos", "first", "last"} (frames
+    first..last-1 of golden_video_frames_u8) or {"source": "cell_timelapse", "n_frames", "hw", "seed", "n_cells"}."""
+    if spec["source"] == "golden_videos":
+        if golden_dir is None:
+            raise ValueError("frames of the golden videos need the golden folder")
+        return golden_video_frames_u8(golden_dir)[spec["first"] : spec["last"]]
+    if spec["source"] == "cell_timelapse":
+        return cell_timelapse_u8(spec["n_frames"], spec["hw"], spec["seed"], spec.get("n_cells", 6))
+    raise ValueError(f"unknown frame source {spec['source']!r}")
+
+
+def frames_sha256(frames_u8: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(frames_u8).tobytes()).hexdigest()
+
+
+def model_inputs(frames_u8: np.ndarray, image_size: int) -> torch.Tensor:
+    """(T, 3, S, S) float32 model inputs: napari_sam2.frames.model_input_from_rgb(frame / 255.0, S) per frame."""
+    from napari_sam2.frames import model_input_from_rgb
+
+    return torch.stack([model_input_from_rgb(f / 255.0, image_size) for f in frames_u8])
