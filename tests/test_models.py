@@ -17,7 +17,7 @@ from checkpoint_server import (  # noqa: F401  (fixtures)
     server,
 )
 
-from napari_sam2 import http_download, models
+from napari_sam2 import models
 from napari_sam2.errors import CheckpointError, InputError
 
 
@@ -236,13 +236,13 @@ def test_model_path_downloads_a_missing_official_file(add_model, isolated_cache)
 
 def count_hashing(monkeypatch) -> list:
     calls = []
-    real = http_download.file_sha256
+    real = models.file_sha256
 
     def counting(path):
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(http_download, "file_sha256", counting)
+    monkeypatch.setattr(models, "file_sha256", counting)
     return calls
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_sam2.engine.predictor import IMAGENET_MEAN, IMAGENET_STD
+from napari_sam2.engine.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
 STD = torch.tensor(IMAGENET_STD)[:, None, None]

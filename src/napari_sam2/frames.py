@@ -17,16 +17,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, model_input  # noqa: F401  (the engine owns the rule)
 from .errors import InputError, SaturationWarning
 from .intensity import parse_intensity_range, sampled_ranges, saturation_message, to_unit_range
 from .numbers import whole_number  # defined here before; still importable from here
 from .prefetch import PrefetchCache
 
 DEFAULT_IMAGE_SIZE = 1024
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Frames read to fix the intensity range: enough to be representative, few enough to be quick on a slow disk.
 MAX_PERCENTILE_SAMPLES = 16
@@ -42,13 +40,7 @@ def model_input_from_rgb(rgb01: np.ndarray, image_size: int = DEFAULT_IMAGE_SIZE
     rgb = np.asarray(rgb01, dtype=np.float32)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise InputError(f"Expected an RGB image shaped (height, width, 3); got shape {rgb.shape}.")
-    pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
-    resized = F.interpolate(
-        pixels[None], (image_size, image_size), mode="bilinear", align_corners=False, antialias=True
-    )[0]
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    return (resized - mean) / std
+    return model_input(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous(), image_size)
 
 
 def channels_to_rgb(unit: np.ndarray) -> np.ndarray:

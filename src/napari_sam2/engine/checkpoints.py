@@ -6,7 +6,6 @@ A checkpoint is `torch.save({"model": state_dict})`. It is read with `weights_on
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
@@ -20,7 +19,10 @@ from .model import Sam2Model
 
 # (trunk embed dim, number of Hiera blocks) -> size letter
 _SIZES = {(96, 12): "t", (96, 16): "s", (112, 24): "b+", (144, 48): "l"}
-_HINT = "Get an official file with `napari-sam2 models download sam2.1_hiera_tiny` (or another name from `napari-sam2 models list`)."
+# Names of models (and their downloads) belong to napari_sam2.models, above the engine: the engine reads files.
+_HINT = ("Get an official file with `napari-sam2 models download sam2.1_hiera_tiny` (or another name from "
+         "`napari-sam2 models list`); in Python, napari_sam2.models.model_path(name) gives a model's file, downloading "
+         "it when needed.")
 
 
 def read_state_dict(path) -> dict:
@@ -113,10 +115,6 @@ def load_model(checkpoint, device="auto", config=None) -> Sam2Model:
     `config` (a variant name or ModelConfig) is worked out from the file when None; when
     given it must match the file.
     """
-    if isinstance(checkpoint, (str, os.PathLike)) and not Path(checkpoint).exists() and not str(checkpoint).endswith(".pt"):
-        from ..models import model_path  # a registry name such as "sam2.1_hiera_tiny"
-
-        checkpoint = model_path(checkpoint)
     state = read_state_dict(checkpoint)
     detected = detect_variant(state)
     cfg = get_config(detected) if config is None else (config if isinstance(config, ModelConfig) else get_config(config))

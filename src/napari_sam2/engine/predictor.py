@@ -14,20 +14,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .devices import autocast
 from .model import Sam2Model
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize_rgb01(rgb01: torch.Tensor, image_size: int) -> torch.Tensor:
-    """(3, H, W) in [0, 1] -> (3, S, S) model input: antialiased bilinear resize, ImageNet normalisation."""
-    x = rgb01.float()
-    if tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[:, None, None]
-    return (x - mean) / std
-
+from .preprocess import model_input
 
 def _as_array(value, name, dtype=np.float32):
     try:
@@ -62,7 +49,7 @@ class ImagePredictor:
                 "(napari_sam2.segment_image does this for any dtype)."
             )
         rgb01 = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
-        self.set_model_input(normalize_rgb01(rgb01.to(self.device), self.model.image_size), image.shape[:2])
+        self.set_model_input(model_input(rgb01.to(self.device), self.model.image_size), image.shape[:2])
 
     @torch.inference_mode()
     def set_model_input(self, model_input: torch.Tensor, original_size) -> None:
