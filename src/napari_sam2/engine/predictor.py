@@ -16,6 +16,7 @@ from .devices import autocast
 from .model import Sam2Model
 from .preprocess import model_input
 
+
 def _as_array(value, name, dtype=np.float32):
     try:
         return np.asarray(value, dtype=dtype)
