@@ -21,6 +21,17 @@ def pytest_addoption(parser):
     parser.addoption("--golden-dir", default=None, help="folder of the SAM2 golden reference outputs")
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Say why the golden tests skipped, without -rs: a run that checked nothing against Meta's outputs must show it."""
+    reasons = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if "golden reference folder" in reason:
+            reasons[reason.removeprefix("Skipped: ")] = reasons.get(reason.removeprefix("Skipped: "), 0) + 1
+    for reason, count in reasons.items():
+        terminalreporter.write_line(f"{count} golden test(s) skipped: {reason}", yellow=True, bold=True)
+
+
 def _golden_dir(config) -> Path:
     given = config.getoption("--golden-dir") or os.environ.get("NAPARI_SAM2_GOLDEN")
     return Path(given) if given else REPO.parent / "shared" / "reference" / "golden"
