@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from napari_sam2 import models
+from napari_sam2 import downloads, models
 
 PAYLOAD = random.Random(20240728).randbytes(2_500_000)
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
@@ -144,8 +144,8 @@ def isolated_cache(server, tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_SAM2_CACHE", str(tmp_path / "cache"))
     # Every official URL now points at the local server (where it 404s): no test can reach the internet.
     monkeypatch.setenv("NAPARI_SAM2_BASE_URL", server.base_url)
-    monkeypatch.setattr(models, "RETRY_DELAYS_S", (0.01, 0.01))
-    monkeypatch.setattr(models, "TIMEOUT_S", 5.0)
+    monkeypatch.setattr(downloads, "RETRY_DELAYS_S", (0.01, 0.01))
+    monkeypatch.setattr(downloads, "TIMEOUT_S", 5.0)
     return tmp_path / "cache"
 
 

@@ -314,9 +314,9 @@ def test_offline_the_message_names_the_widgets_fix(add_model, monkeypatch):
 
 def test_a_download_stops_when_cancelled(add_model, server, monkeypatch):
     add_model("good.pt")
-    from napari_sam2 import models
+    from napari_sam2 import downloads
 
-    monkeypatch.setattr(models, "CHUNK_BYTES", 50_000)
+    monkeypatch.setattr(downloads, "CHUNK_BYTES", 50_000)
     spec = SessionSpec(key="k", options=dict(stack=STACK, axis=0, model="test_model"))
     controller, recorder = make_controller(ThreadRunner())
     controller.events.downloading.connect(lambda name, done, total: controller.cancel())

@@ -631,9 +631,9 @@ def test_offline_the_error_names_the_widgets_own_fix(make_napari_viewer, qtbot, 
 
     monkeypatch.setenv("NAPARI_SAM2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NAPARI_SAM2_BASE_URL", closed_port_url().rsplit("/", 1)[0])
-    from napari_sam2 import models
+    from napari_sam2 import downloads
 
-    monkeypatch.setattr(models, "RETRY_DELAYS_S", (0.01, 0.01))
+    monkeypatch.setattr(downloads, "RETRY_DELAYS_S", (0.01, 0.01))
     viewer = make_napari_viewer()
     viewer.add_image(nuclei, name="nuclei")
     widget = Sam2Widget(viewer, session_factory=FakeSession)
