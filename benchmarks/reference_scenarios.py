@@ -84,6 +84,18 @@ def golden_frames_u8():
     return golden_video_frames_u8(GOLDEN)
 
 
+def _random_point(rng, hw):
+    """(x, y) anywhere in an (H, W) frame, to 0.1 px."""
+    return [round(float(rng.uniform(0, hw[1] - 1)), 1), round(float(rng.uniform(0, hw[0] - 1)), 1)]
+
+
+def _random_box(rng, hw, max_side):
+    """(x0, y0, x1, y1): a random corner and sides of 20 to max_side px, clipped to the frame."""
+    x0, y0 = _random_point(rng, hw)
+    return [x0, y0, round(min(x0 + rng.uniform(20, max_side), hw[1] - 1), 1),
+            round(min(y0 + rng.uniform(20, max_side), hw[0] - 1), 1)]
+
+
 def draw_scenario(seed, n_golden_frames=16):
     """A scenario like the golden sidecars' (variant, checkpoint seed, frames, video_hw, calls), drawn from seed."""
     rng = np.random.default_rng(seed)
@@ -95,18 +107,13 @@ def draw_scenario(seed, n_golden_frames=16):
                 "calls": []}
     calls, objects, prompted = scenario["calls"], [], False
 
-    def point():
-        return [round(float(rng.uniform(0, hw[1] - 1)), 1), round(float(rng.uniform(0, hw[0] - 1)), 1)]
-
     def add(frame_idx, obj_id):
         call = {"op": "add", "frame_idx": frame_idx, "obj_id": obj_id}
         if rng.random() < 0.3:
-            x0, y0 = point()
-            call["box"] = [x0, y0, round(min(x0 + rng.uniform(20, 200), hw[1] - 1), 1),
-                           round(min(y0 + rng.uniform(20, 200), hw[0] - 1), 1)]
+            call["box"] = _random_box(rng, hw, 200)
         if "box" not in call or rng.random() < 0.5:
             n = int(rng.integers(1, 4))
-            call["points"] = [point() for _ in range(n)]
+            call["points"] = [_random_point(rng, hw) for _ in range(n)]
             call["labels"] = [int(v) for v in rng.integers(0, 2, n)]
             call["labels"][0] = 1
             if "box" not in call and rng.random() < 0.25:
@@ -159,18 +166,13 @@ def draw_long_scenario(seed):
     calls = scenario["calls"]
     tracked, prompted, latest = {}, {}, [0]  # obj -> frames tracked / prompted as conditioning frames
 
-    def point():
-        return [round(float(rng.uniform(0, hw[1] - 1)), 1), round(float(rng.uniform(0, hw[0] - 1)), 1)]
-
     def add(frame_idx, obj_id, keep_old=False):
         call = {"op": "add", "frame_idx": frame_idx, "obj_id": obj_id}
         if not keep_old and rng.random() < 0.3:
-            x0, y0 = point()
-            call["box"] = [x0, y0, round(min(x0 + rng.uniform(20, 120), hw[1] - 1), 1),
-                           round(min(y0 + rng.uniform(20, 120), hw[0] - 1), 1)]
+            call["box"] = _random_box(rng, hw, 120)
         if "box" not in call or rng.random() < 0.5:
             k = int(rng.integers(1, 3))
-            call["points"] = [point() for _ in range(k)]
+            call["points"] = [_random_point(rng, hw) for _ in range(k)]
             call["labels"] = [int(v) for v in rng.integers(0, 2, k)]
             if frame_idx not in tracked.get(obj_id, ()):
                 call["labels"][0] = 1  # a new conditioning frame starts with a positive click

@@ -8,6 +8,7 @@ skip with a message, unless $NAPARI_SAM2_REQUIRE_GOLDEN=1 (set by .ci/run): then
 import importlib.util
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +24,11 @@ def pytest_addoption(parser):
 
 def pytest_terminal_summary(terminalreporter):
     """Say why the golden tests skipped, without -rs: a run that checked nothing against Meta's outputs must show it."""
-    reasons = {}
+    reasons = Counter()
     for report in terminalreporter.stats.get("skipped", []):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         if "golden reference folder" in reason:
-            reasons[reason.removeprefix("Skipped: ")] = reasons.get(reason.removeprefix("Skipped: "), 0) + 1
+            reasons[reason.removeprefix("Skipped: ")] += 1
     for reason, count in reasons.items():
         terminalreporter.write_line(f"{count} golden test(s) skipped: {reason}", yellow=True, bold=True)
 

@@ -7,10 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_sam2.engine.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
-STD = torch.tensor(IMAGENET_STD)[:, None, None]
+from napari_sam2.engine.preprocess import model_input
 
 
 class GoldenFrames:
@@ -25,7 +22,7 @@ class GoldenFrames:
 
     def __getitem__(self, i):
         x = torch.from_numpy(self.frames_u8[i]).permute(2, 0, 1).float() / 255.0
-        return (x - MEAN) / STD
+        return model_input(x, x.shape[-1])  # already at model size: normalised only
 
 
 def pack_masks(mask_logits):

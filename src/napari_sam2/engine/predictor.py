@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .devices import autocast
 from .model import Sam2Model
-from .preprocess import model_input
+from .preprocess import model_coords, model_input
 
 
 def _as_array(value, name, dtype=np.float32):
@@ -68,12 +68,6 @@ class ImagePredictor:
         self._orig_hw = None
 
     def _prompt_tensors(self, point_coords, point_labels, box, mask_input):
-        h, w = self._orig_hw
-        size = np.array([w, h], dtype=np.float32)
-
-        def to_model(xy):  # as the official code: normalised by the image size, then scaled (float32)
-            return xy / size * np.float32(self.model.image_size)
-
         coords = labels = None
         if point_coords is not None:
             if point_labels is None:
@@ -82,16 +76,19 @@ class ImagePredictor:
             lab = _as_array(point_labels, "point_labels", np.int64).reshape(-1)
             if len(pts) != len(lab):
                 raise InputError(f"{len(pts)} points but {len(lab)} labels: give one label per point.")
-            coords, labels = to_model(pts), lab
+            coords, labels = pts, lab
         if box is not None:
-            corners = to_model(_as_array(box, "box").reshape(-1, 2))
+            corners = _as_array(box, "box").reshape(-1, 2)
             if corners.shape[0] != 2:
                 raise InputError("box must be (x0, y0, x1, y1).")
             box_labels = np.array([2, 3])
             coords = corners if coords is None else np.concatenate([corners, coords])
             labels = box_labels if labels is None else np.concatenate([box_labels, labels])
         dev = self.device
-        coords_t = None if coords is None else torch.as_tensor(coords, dtype=torch.float32, device=dev)[None]
+        coords_t = None
+        if coords is not None:
+            coords_t = model_coords(torch.as_tensor(coords, dtype=torch.float32, device=dev), self._orig_hw,
+                                    self.model.image_size)[None]
         labels_t = None if labels is None else torch.as_tensor(labels, dtype=torch.int32, device=dev)[None]
         mask_t = None
         if mask_input is not None:

@@ -1,7 +1,8 @@
-"""The model input SAM2 was trained on: RGB in [0, 1], resized to the model's square input, ImageNet-normalised.
+"""The model input SAM2 was trained on: RGB in [0, 1], resized to the model's square input, ImageNet-normalised;
+and prompts in that input's pixels.
 
-The one place this rule lives (as `Sam.preprocess` in SAM1): the image predictor, the frame readers and the
-benchmarks all call `model_input`.
+The one place these rules live (as `Sam.preprocess` in SAM1): the image predictor, the tracker, the frame readers
+and the benchmarks all call `model_input` and `model_coords`.
 """
 
 from __future__ import annotations
@@ -24,3 +25,11 @@ def model_input(rgb01: torch.Tensor, image_size: int) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[:, None, None]
     return (x - mean) / std
+
+
+def model_coords(xy: torch.Tensor, original_hw, image_size: int) -> torch.Tensor:
+    """(..., 2) float32 (x, y) in original-image pixels -> the same points in model-input pixels. As Meta's
+    predictors: divided by (W, H), then multiplied by S (x * (S / W) rounds differently, and the tracker reproduces
+    Meta's outputs bit for bit)."""
+    h, w = original_hw
+    return xy / torch.tensor([w, h], device=xy.device) * image_size

@@ -39,6 +39,7 @@ from .devices import autocast
 from .host_memory import map_large_buffers, outside_heap, release_freed_host_memory
 from .model import NO_OBJ_SCORE, DecoderOutput, FrameFeatures, Sam2Model
 from .postprocess import fill_holes, non_overlapping
+from .preprocess import model_coords
 from .spill_store import SpillStore
 
 
@@ -704,8 +705,7 @@ class Tracker:
             _check_inside(corners, h, w, "box corner")
             coords = torch.cat([corners, coords])
             point_labels = torch.cat([torch.tensor([2, 3], dtype=torch.int32), point_labels])
-        # as Meta's predictor: normalised by the video size, then scaled (float32; x * (S / W) rounds differently)
-        coords = coords / torch.tensor([w, h]) * self.model.image_size
+        coords = model_coords(coords, (h, w), self.model.image_size)
         return coords[None].to(self.device), point_labels[None].to(self.device)
 
     def _default_start(self):
