@@ -16,7 +16,7 @@ threads and a plain softmax attention, as the reference README measured its nois
 scenarios amplify float rounding beyond the tolerances), or "FAIL".
 
 Long scenarios (`--long`): 48-80 frames, which the golden videos (16 frames) cannot give, so the frames come from
-the sample time-lapse instead (`napari_sam2.sample_data.make_cell_timelapse` at the drawn original size: cells
+the sample time-lapse instead (`napari_sam2.io.sample_data.make_cell_timelapse` at the drawn original size: cells
 wandering, one dividing halfway; scaled to uint8 by the stack's maximum, grey as RGB; see tests/video_golden.py,
 `cell_timelapse_u8`), deterministic for the drawn frame seed. 2-3 objects prompted anywhere, a forward pass to the
 end, then corrections at least 20 frames behind the latest tracked frame followed by a pass, reverse passes from
@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from napari_sam2.engine import Tracker, get_config, load_model
 from napari_sam2.engine.postprocess import fill_holes
-from napari_sam2.testing import write_synthetic_checkpoint
+from napari_sam2.engine.synthetic_checkpoints import write_synthetic_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT.parent / "shared" / "reference" / "golden"
@@ -293,7 +293,7 @@ def write_golden(name, scenario, out_dir, args, compare):
     side = {
         "name": name, "description": scenario["description"], "type": "video", "config": variant,
         "image_size": size, "model_config_overrides": {"image_size": size},
-        "checkpoint": {"generator": "napari_sam2.testing.write_synthetic_checkpoint (the algorithm of "
+        "checkpoint": {"generator": "napari_sam2.engine.synthetic_checkpoints.write_synthetic_checkpoint (the algorithm of "
                                     "shared/reference/make_checkpoint.py)", "seed": ckpt_seed},
         "builder": f"sam2.build_sam.build_sam2_video_predictor(config, ckpt, device='cpu', "
                    f"hydra_overrides_extra=['++model.image_size={size}'])",
@@ -304,7 +304,7 @@ def write_golden(name, scenario, out_dir, args, compare):
                     "memory_attention": "memory handed over as float32 (as the golden harness)",
                     "seconds": round(seconds, 1)},
         "frames": dict(scenario["frames"], sha256_u8=frames_sha256(frames), shape_u8=list(frames.shape),
-                       model_input="napari_sam2.frames.model_input_from_rgb(frame_u8 / 255.0, image_size) per frame "
+                       model_input="napari_sam2.core.frames.model_input_from_rgb(frame_u8 / 255.0, image_size) per frame "
                                    "(tests/video_golden.py: frames_from_spec, model_inputs)"),
         "video_hw": hw, "calls": calls,
         "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in stored.items()},
@@ -356,8 +356,8 @@ def _rows_summary(rows):
 
 
 def meta_predictor(variant, checkpoint, image_size):
-    from sam2.build_sam import build_sam2_video_predictor  # optional oracle, never vendored
     import sam2.sam2_video_predictor as svp
+    from sam2.build_sam import build_sam2_video_predictor  # optional oracle, never vendored
 
     svp.fill_holes_in_mask_scores = fill_holes  # the GPU behaviour, as in the golden data
     config = ("configs/sam2.1/" if variant.startswith("sam2.1") else "configs/sam2/") + variant + ".yaml"

@@ -8,7 +8,7 @@ and a long propagation (each measured in a fresh process, so peaks do not mix). 
 Meta's package is optional and never vendored: `pip install --no-deps --target DIR sam2==1.1.0 hydra-core==1.3.2
 omegaconf antlr4-python3-runtime==4.9.3 iopath portalocker tqdm` (SAM2_BUILD_CUDA=0), then run with PYTHONPATH=DIR.
 
-The checkpoint is the deterministic synthetic one (napari_sam2.testing), so no download is
+The checkpoint is the deterministic synthetic one (napari_sam2.engine.synthetic_checkpoints), so no download is
 needed; speed and memory do not depend on the weights' values.
 """
 
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_sam2.core.frames import model_input_from_rgb
 from napari_sam2.engine import Tracker, get_config, load_model
-from napari_sam2.frames import model_input_from_rgb
-from napari_sam2.testing import write_synthetic_checkpoint
+from napari_sam2.engine.synthetic_checkpoints import write_synthetic_checkpoint
 
 HW = (480, 640)
 

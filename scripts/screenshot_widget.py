@@ -2,7 +2,7 @@
 clicked on slice 12 (one of them with a negative click too) and propagated through slices 8 to 16; the widget's
 object list shows both.
 
-By default the model is the official tiny architecture with deterministic random weights (napari_sam2.testing),
+By default the model is the official tiny architecture with deterministic random weights (napari_sam2.engine.synthetic_checkpoints),
 so the picture needs no download and is the same on every machine. Such weights do not find nuclei (a mask tends
 to cover the bright cores of many), so the picture shows what the widget does, not how well SAM2 segments; the
 script clicks the centres of the two nuclei whose masks can be seen side by side. Pass --checkpoint with an
@@ -33,7 +33,7 @@ def choose_prompts(model, image, truth):
     the second one only where the first is not), and for the second one a negative click nearby that leaves it
     visible."""
     from napari_sam2 import Prompt
-    from napari_sam2.tracking import TrackingSession
+    from napari_sam2.core.tracking import TrackingSession
 
     session = TrackingSession(image, model=model, prefetch=0)
 
@@ -94,10 +94,10 @@ def main() -> None:
     import napari
     from qtpy.QtWidgets import QApplication, QDialog
 
+    from napari_sam2._napari._qt.widget import CHECKPOINT_FILE
     from napari_sam2._napari.prompt_layers import polarity_from_click
-    from napari_sam2._napari.widget import CHECKPOINT_FILE
-    from napari_sam2.model_cache import get_model
-    from napari_sam2.testing import write_synthetic_checkpoint
+    from napari_sam2.engine.synthetic_checkpoints import write_synthetic_checkpoint
+    from napari_sam2.models.loaded import get_model
 
     checkpoint = args.checkpoint or write_synthetic_checkpoint("sam2.1_hiera_t", 0, SYNTHETIC_CHECKPOINT)
     model = get_model(checkpoint, device="cpu")  # cached: the widget below gets this same model

@@ -24,7 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from napari_sam2 import downloads, models
+from napari_sam2.models import downloads
+from napari_sam2.models import registry as models
 
 PAYLOAD = random.Random(20240728).randbytes(2_500_000)
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()

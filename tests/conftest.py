@@ -68,7 +68,7 @@ def checkpoint_cache() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_checkpoint(checkpoint_cache):
     """factory(variant, seed) -> path of a deterministic checkpoint, cached on disk between runs."""
-    from napari_sam2.testing import write_synthetic_checkpoint
+    from napari_sam2.engine.synthetic_checkpoints import write_synthetic_checkpoint
 
     def make(variant: str, seed: int) -> Path:
         return write_synthetic_checkpoint(variant, seed, checkpoint_cache / f"{variant}_seed{seed}.pt")
@@ -109,7 +109,7 @@ SMALL_STACK_FRAME = 2  # the frame of small_stack that small_stack_clicks are on
 @pytest.fixture(scope="session")
 def small_stack():
     """4 frames of 96 x 128 uint16 nuclei (z, y, x)."""
-    from napari_sam2.sample_data import make_nuclei_stack
+    from napari_sam2.io.sample_data import make_nuclei_stack
 
     return make_nuclei_stack(shape=(6, 96, 128))[0][1:5]
 
@@ -130,7 +130,7 @@ def mini_model():
     from napari_sam2.engine import get_config
     from napari_sam2.engine.checkpoints import build_model
     from napari_sam2.engine.configs import HieraConfig
-    from napari_sam2.testing import synthetic_state_dict
+    from napari_sam2.engine.synthetic_checkpoints import synthetic_state_dict
 
     config = get_config("sam2.1_hiera_t").with_(
         name="mini", image_size=128, d_model=32, mem_dim=16,

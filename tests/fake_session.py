@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from napari_sam2.frame_labels import FrameLabels
+from napari_sam2.core.frame_labels import FrameLabels
 
 RADIUS = 4
 

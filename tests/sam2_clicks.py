@@ -5,8 +5,8 @@ weights and on details of the engine, not on the image. Rather than hard-coding 
 clicks that give a mask on the frame they use.
 """
 
+from napari_sam2.core.frames import StackFrames
 from napari_sam2.engine import Tracker
-from napari_sam2.frames import StackFrames
 
 MIN_PIXELS = 100
 

@@ -4,6 +4,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import SMALL_STACK_FRAME
 
 from napari_sam2.api import (
     Prompt,
@@ -13,10 +14,9 @@ from napari_sam2.api import (
     segment_stack,
     stream_stack,
 )
+from napari_sam2.core.frames import StackFrames
 from napari_sam2.engine import ImagePredictor, Tracker
 from napari_sam2.errors import InputError, SaturationWarning
-from napari_sam2.frames import StackFrames
-from conftest import SMALL_STACK_FRAME
 
 FRAME = SMALL_STACK_FRAME  # the prompted frame
 

@@ -9,7 +9,8 @@ import pytest
 from checkpoint_server import PAYLOAD, add_model, isolated_cache, server  # noqa: F401  (fixtures)
 
 import napari_sam2
-from napari_sam2 import cli, models
+from napari_sam2.cli import commands as cli
+from napari_sam2.models import registry as models
 
 
 def one_error_line(stderr: str) -> str:

@@ -15,17 +15,17 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
+from conftest import SMALL_STACK_FRAME
 from napari_builtins.io._write import napari_write_points
+from sam2_clicks import confident_clicks
 
-from napari_sam2 import cli
-from napari_sam2.sample_data import make_nuclei_stack
 from napari_sam2.api import Prompt, segment_stack
+from napari_sam2.cli import commands as cli
+from napari_sam2.cli.file_segmentation import FileJob, prepare_stack
 from napari_sam2.engine import load_model
 from napari_sam2.errors import DeviceError
-from napari_sam2.file_segmentation import FileJob, prepare_stack
-from napari_sam2.tiff_io import read_tiff, write_labels_tiff
-from conftest import SMALL_STACK_FRAME
-from sam2_clicks import confident_clicks
+from napari_sam2.io.sample_data import make_nuclei_stack
+from napari_sam2.io.tiff import read_tiff, write_labels_tiff
 
 FRAME = SMALL_STACK_FRAME
 
@@ -286,8 +286,8 @@ def test_a_2d_tiff_among_stacks_is_a_stack_of_one_frame(tmp_path, stack, prompts
 
 def _failing_first_run(monkeypatch, error):
     """stream_stack as file_segmentation calls it, with the first run failing with ``error`` after its first frame."""
-    from napari_sam2 import file_segmentation
     from napari_sam2.api import Propagation
+    from napari_sam2.cli import file_segmentation
 
     real = file_segmentation.stream_stack
     calls = []
@@ -313,7 +313,7 @@ def _failing_first_run(monkeypatch, error):
 def _failing_tracking(monkeypatch, error):
     """The first stack's tracking session raising ``error`` (e.g. the GPU's out-of-memory) once propagation asks for
     a frame other than the prompted one: deep inside the session and the engine, whatever their structure."""
-    from napari_sam2.frames import StackFrames
+    from napari_sam2.core.frames import StackFrames
 
     real = StackFrames.__getitem__
     first = []
@@ -329,7 +329,7 @@ def _failing_tracking(monkeypatch, error):
 
 
 def _failing_write(monkeypatch, error):
-    from napari_sam2 import file_segmentation
+    from napari_sam2.cli import file_segmentation
 
     real = file_segmentation.write_labels_tiff
     calls = []

@@ -10,7 +10,7 @@ import pytest
 from checkpoint_server import PAYLOAD, add_model, isolated_cache, server  # noqa: F401  (fixtures)
 from fake_session import FakeSession
 
-from napari_sam2.controller import (
+from napari_sam2._napari.controller import (
     CANCELLING,
     IDLE,
     RUNNING,
@@ -20,8 +20,8 @@ from napari_sam2.controller import (
     TrackingController,
     run_inline,
 )
+from napari_sam2.core.prompts import Prompt
 from napari_sam2.errors import InputError
-from napari_sam2.prompts import Prompt
 
 STACK = np.zeros((6, 40, 50), np.uint8)
 SPEC = SessionSpec(key=("stack", 0), options=dict(stack=STACK, axis=0, model=None))
@@ -314,7 +314,7 @@ def test_offline_the_message_names_the_widgets_fix(add_model, monkeypatch):
 
 def test_a_download_stops_when_cancelled(add_model, server, monkeypatch):
     add_model("good.pt")
-    from napari_sam2 import downloads
+    from napari_sam2.models import downloads
 
     monkeypatch.setattr(downloads, "CHUNK_BYTES", 50_000)
     spec = SessionSpec(key="k", options=dict(stack=STACK, axis=0, model="test_model"))

@@ -10,7 +10,7 @@ from conftest import DATA
 
 from napari_sam2 import CheckpointError, DeviceError, Sam2Error
 from napari_sam2.engine import VARIANTS, detect_variant, load_model, resolve_device
-from napari_sam2.testing import synthetic_state_dict
+from napari_sam2.engine.synthetic_checkpoints import synthetic_state_dict
 
 CHECKSUMS = json.loads((DATA / "checkpoint_checksums.json").read_text())["checksums"]
 

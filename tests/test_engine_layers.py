@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from napari_sam2.engine import build_model, get_config
-from napari_sam2.engine.layers import activate_, add_residual_
+from napari_sam2.engine.blocks import activate_, add_residual_
 
 
 @pytest.mark.parametrize("act", [nn.ReLU(), nn.GELU()])

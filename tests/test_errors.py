@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam2.core.frame_labels import FrameLabels, check_ids_fit, smallest_label_dtype
 from napari_sam2.errors import (
     DeviceError,
     InputError,
@@ -17,8 +18,7 @@ from napari_sam2.errors import (
     out_of_memory_error,
     translate_out_of_memory,
 )
-from napari_sam2.frame_labels import FrameLabels, check_ids_fit, smallest_label_dtype
-from napari_sam2.tiff_io import read_tiff, write_labels_tiff
+from napari_sam2.io.tiff import read_tiff, write_labels_tiff
 
 CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB"
 MPS_OOM = "MPS backend out of memory (MPS allocated: 17.00 GB, other allocations: 1.20 GB, max allowed: 18.13 GB)."
@@ -31,8 +31,8 @@ CPU_OOM = (
 
 
 def test_errors_prompts_and_file_modules_do_not_import_torch():
-    modules = "napari_sam2.errors, napari_sam2.prompts, napari_sam2.numbers, napari_sam2.frame_labels, " \
-              "napari_sam2.intensity, napari_sam2.stack_axes, napari_sam2.prompt_files, napari_sam2.tiff_io"
+    modules = "napari_sam2.errors, napari_sam2.core.prompts, napari_sam2.numbers, napari_sam2.core.frame_labels, " \
+              "napari_sam2.core.intensity, napari_sam2.core.axes, napari_sam2.io.prompt_files, napari_sam2.io.tiff"
     code = f"import sys, {modules}; assert 'torch' not in sys.modules, 'torch was imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -121,7 +121,7 @@ def test_translate_out_of_memory_around_a_yield():
 
 
 def test_the_widget_shows_the_same_message():
-    from napari_sam2._napari.jobs import user_message
+    from napari_sam2._napari._qt.jobs import user_message
 
     for error in (torch.OutOfMemoryError(CUDA_OOM), RuntimeError(MPS_OOM), MemoryError()):
         assert user_message(error) == str(out_of_memory_error(error))

@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.errors import InputError, SaturationWarning
-from napari_sam2.frames import (
+from napari_sam2.core.frames import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MAX_PERCENTILE_SAMPLES,
     StackFrames,
     model_input_from_rgb,
 )
-from napari_sam2.prefetch import PrefetchCache
+from napari_sam2.core.prefetch import PrefetchCache
+from napari_sam2.errors import InputError, SaturationWarning
 
 SIZE = 32  # small model size keeps every test fast; the maths does not depend on it
 

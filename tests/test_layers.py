@@ -12,7 +12,7 @@ from napari_sam2._napari.labels_writer import (
     largest_id,
     remove_object_labels,
 )
-from napari_sam2._napari.layers import OBJ_ID, POSITIVE, prompts_from_layers, to_image_data
+from napari_sam2._napari.layer_prompts import OBJ_ID, POSITIVE, prompts_from_layers, to_image_data
 from napari_sam2._napari.stack_plane import (
     axis_letters,
     channel_options,
@@ -20,9 +20,9 @@ from napari_sam2._napari.stack_plane import (
     frame_axis_choices,
     stack_plane,
 )
+from napari_sam2.core.frame_labels import FrameLabels, first_come_keeps, highest_logit_wins
+from napari_sam2.core.prompts import Prompt, check_prompts_fit, engine_prompt, group_prompts, rowcol_to_xy
 from napari_sam2.errors import InputError
-from napari_sam2.frame_labels import FrameLabels, first_come_keeps, highest_logit_wins
-from napari_sam2.prompts import Prompt, check_prompts_fit, engine_prompt, group_prompts, rowcol_to_xy
 
 H, W = 48, 80  # non-square on purpose: a swapped row / col shows up
 

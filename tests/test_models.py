@@ -17,8 +17,8 @@ from checkpoint_server import (  # noqa: F401  (fixtures)
     server,
 )
 
-from napari_sam2 import models
 from napari_sam2.errors import CheckpointError, InputError
+from napari_sam2.models import registry as models
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -90,7 +90,10 @@ def test_the_wheel_carries_the_manifest_and_the_entry_points(wheel):
     assert "[napari.manifest]\nnapari-sam2 = napari_sam2:napari.yaml" in entry_points
     assert "napari-sam2 = napari_sam2.cli:main" in entry_points
     assert not [name for name in names if name.startswith("tests/") or "/tests/" in name]
-    for module in ("engine/model.py", "engine/tracker.py", "_napari/widget.py", "cli.py"):
+    for module in (
+        "engine/model.py", "engine/tracker.py", "core/frames.py", "models/registry.py", "io/tiff.py", "cli/commands.py",
+        "_napari/_qt/widget.py",
+    ):
         assert f"napari_sam2/{module}" in names
 
 

@@ -6,7 +6,7 @@ import tifffile
 
 from napari_sam2._napari.reader import get_reader, layer_name, read_tiff_layers
 from napari_sam2.errors import InputError
-from napari_sam2.tiff_io import TiffStack, physical_scale, read_tiff, write_labels_tiff
+from napari_sam2.io.tiff import TiffStack, physical_scale, read_tiff, write_labels_tiff
 
 
 def labels_stack(shape=(5, 24, 20), largest=9, seed=0):

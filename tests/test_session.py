@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from napari_sam2 import InputError, Prompt
+from napari_sam2.core.frames import StackFrames
+from napari_sam2.core.tracking import TrackingSession
 from napari_sam2.engine import Tracker
-from napari_sam2.frames import StackFrames
-from napari_sam2.sample_data import make_nuclei_stack
-from napari_sam2.tracking import TrackingSession
+from napari_sam2.io.sample_data import make_nuclei_stack
 
 N_FRAMES = 6
 SIZE = (48, 64)

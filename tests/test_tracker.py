@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from napari_sam2 import InputError
-from napari_sam2.sample_data import make_nuclei_stack
+from napari_sam2.core.frames import StackFrames
 from napari_sam2.engine import Tracker, host_memory
 from napari_sam2.engine import tracker as tracker_module
-from napari_sam2.frames import StackFrames
+from napari_sam2.io.sample_data import make_nuclei_stack
 
 N_FRAMES = 8
 

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from fake_session import FakeSession
 from napari.utils import progress
-
-from napari_sam2._napari import widget as widget_module
-from napari_sam2._napari.layers import OBJ_ID, POSITIVE
-from napari_sam2._napari.prompt_layers import NEGATIVE_BORDER, POSITIVE_BORDER, object_colour, polarity_from_click
-from napari_sam2._napari.widget import CHECKPOINT_FILE, SHORTCUTS, Sam2Widget
-from napari_sam2.sample_data import make_nuclei_stack
 from sam2_clicks import confident_clicks
+
+from napari_sam2._napari._qt import widget as widget_module
+from napari_sam2._napari._qt.widget import CHECKPOINT_FILE, SHORTCUTS, Sam2Widget
+from napari_sam2._napari.layer_prompts import OBJ_ID, POSITIVE
+from napari_sam2._napari.prompt_layers import NEGATIVE_BORDER, POSITIVE_BORDER, object_colour, polarity_from_click
+from napari_sam2.io.sample_data import make_nuclei_stack
 
 pytestmark = pytest.mark.gui
 
@@ -631,7 +631,7 @@ def test_offline_the_error_names_the_widgets_own_fix(make_napari_viewer, qtbot, 
 
     monkeypatch.setenv("NAPARI_SAM2_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("NAPARI_SAM2_BASE_URL", closed_port_url().rsplit("/", 1)[0])
-    from napari_sam2 import downloads
+    from napari_sam2.models import downloads
 
     monkeypatch.setattr(downloads, "RETRY_DELAYS_S", (0.01, 0.01))
     viewer = make_napari_viewer()
@@ -648,7 +648,7 @@ def test_a_download_shows_its_progress_in_the_widget(make_napari_viewer, qtbot, 
                                                      tmp_path):
     from checkpoint_server import PAYLOAD, CheckpointServer
 
-    from napari_sam2 import models
+    from napari_sam2.models import registry as models
 
     monkeypatch.setenv("NAPARI_SAM2_CACHE", str(tmp_path / "cache"))
     with CheckpointServer() as server:

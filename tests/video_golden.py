@@ -79,10 +79,10 @@ def golden_video_frames_u8(golden_dir) -> np.ndarray:
 
 
 def cell_timelapse_u8(n_frames, hw, seed, n_cells=6) -> np.ndarray:
-    """n_frames of the sample time-lapse (napari_sam2.sample_data.make_cell_timelapse: cells wandering, one of them
+    """n_frames of the sample time-lapse (napari_sam2.io.sample_data.make_cell_timelapse: cells wandering, one of them
     dividing halfway) at hw = (H, W): scaled to uint8 by the stack's maximum, grey repeated as RGB (T, H, W, 3).
     Any length, deterministic for a seed, no data files needed."""
-    from napari_sam2.sample_data import make_cell_timelapse
+    from napari_sam2.io.sample_data import make_cell_timelapse
 
     image, _ = make_cell_timelapse(shape=(int(n_frames), int(hw[0]), int(hw[1])), n_cells=n_cells, seed=seed)
     grey = np.round(image / image.max() * 255).astype(np.uint8)
@@ -106,7 +106,7 @@ def frames_sha256(frames_u8: np.ndarray) -> str:
 
 
 def model_inputs(frames_u8: np.ndarray, image_size: int) -> torch.Tensor:
-    """(T, 3, S, S) float32 model inputs: napari_sam2.frames.model_input_from_rgb(frame / 255.0, S) per frame."""
-    from napari_sam2.frames import model_input_from_rgb
+    """(T, 3, S, S) float32 model inputs: napari_sam2.core.frames.model_input_from_rgb(frame / 255.0, S) per frame."""
+    from napari_sam2.core.frames import model_input_from_rgb
 
     return torch.stack([model_input_from_rgb(f / 255.0, image_size) for f in frames_u8])

@@ -12,13 +12,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .core.frame_labels import LABEL_DTYPE, FrameLabels, check_ids_fit
+from .core.frames import StackFrames
+from .core.image_segmenter import ImageSegmenter
+from .core.prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
+from .core.tracking import DIRECTIONS, Propagation, TrackingSession
 from .errors import InputError
-from .frame_labels import LABEL_DTYPE, FrameLabels, check_ids_fit
-from .frames import StackFrames
-from .model_cache import DEFAULT_MODEL, clear_model_cache, get_model
-from .prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
-from .slice_segmenter import SliceSegmenter
-from .tracking import DIRECTIONS, Propagation, TrackingSession
+from .models.loaded import DEFAULT_MODEL, clear_model_cache, get_model
 
 __all__ = [
     "DEFAULT_MODEL", "DIRECTIONS", "FrameLabels", "Prompt", "Propagation", "TrackingSession",
@@ -60,7 +60,7 @@ def segment_image(
 
     loaded = get_model(model, device)
     frames = _image_as_one_frame(image, channel_axis, channels, intensity_range, image_size=loaded.image_size)
-    segmenter = SliceSegmenter(loaded)
+    segmenter = ImageSegmenter(loaded)
     segmenter.set_frame(frames, 0)
     return segmenter.segment(grouped).labels
 

@@ -1,7 +1,7 @@
 """Errors a user can act on. Every message says what went wrong and what to do.
 
 This module imports nothing heavy (no torch, no numpy): the command line, the napari plugin's discovery and
-``napari_sam2.prompts`` import it without loading torch.
+``napari_sam2.core.prompts`` import it without loading torch.
 """
 
 from __future__ import annotations

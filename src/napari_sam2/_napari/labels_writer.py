@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.frame_labels import FrameLabels, check_ids_fit
 from ..errors import InputError
-from ..frame_labels import FrameLabels, check_ids_fit
 from .stack_plane import StackPlane
 
 CONVERT_HINT = (

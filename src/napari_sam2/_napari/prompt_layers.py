@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .layers import OBJ_ID, POSITIVE
+from .layer_prompts import OBJ_ID, POSITIVE
 from .stack_plane import layer_array
 
 ROLE = "napari_sam2_role"  # metadata key marking the widget's layers ...

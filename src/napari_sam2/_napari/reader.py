@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..tiff_io import physical_scale, read_tiff
+from ..io.tiff import physical_scale, read_tiff
 
 TIFF_SUFFIXES = (".tif", ".tiff")  # also covers .ome.tif and .ome.tiff
 

@@ -1,9 +1,9 @@
-"""napari's *File > Open Sample > napari-sam2* entries: the synthetic data of ``napari_sam2.sample_data`` as
+"""napari's *File > Open Sample > napari-sam2* entries: the synthetic data of ``napari_sam2.io.sample_data`` as
 napari layer-data tuples (so this module does not need napari)."""
 
 from __future__ import annotations
 
-from ..sample_data import NUCLEI_Z_STEP, make_cell_timelapse, make_nuclei_stack
+from ..io.sample_data import NUCLEI_Z_STEP, make_cell_timelapse, make_nuclei_stack
 
 __all__ = ["cell_timelapse_sample", "make_cell_timelapse", "make_nuclei_stack", "nuclei_3d_sample"]
 

@@ -19,9 +19,9 @@ from .model import Sam2Model
 
 # (trunk embed dim, number of Hiera blocks) -> size letter
 _SIZES = {(96, 12): "t", (96, 16): "s", (112, 24): "b+", (144, 48): "l"}
-# Names of models (and their downloads) belong to napari_sam2.models, above the engine: the engine reads files.
+# Names of models (and their downloads) belong to napari_sam2.models.registry, above the engine: the engine reads files.
 _HINT = ("Get an official file with `napari-sam2 models download sam2.1_hiera_tiny` (or another name from "
-         "`napari-sam2 models list`); in Python, napari_sam2.models.model_path(name) gives a model's file, downloading "
+         "`napari-sam2 models list`); in Python, napari_sam2.models.registry.model_path(name) gives a model's file, downloading "
          "it when needed.")
 
 

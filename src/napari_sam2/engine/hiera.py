@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import MLP, add_residual_
 from .configs import HieraConfig
-from .layers import MLP, add_residual_
 
 
 def _pool_nhwc(x, pool):

@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import PositionEmbeddingSine
 from .configs import ModelConfig
 from .hiera import Hiera
-from .layers import PositionEmbeddingSine
 
 
 class _LateralConv(nn.Module):

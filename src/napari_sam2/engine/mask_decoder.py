@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import MLP, Attention, LayerNorm2d
+from .blocks import MLP, Attention, LayerNorm2d
 
 
 class TwoWayAttentionBlock(nn.Module):

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .layers import LayerNorm2d, PositionEmbeddingSine, RoPEAttention, activate_, add_residual_
+from .blocks import LayerNorm2d, PositionEmbeddingSine, RoPEAttention, activate_, add_residual_
 
 
 class MaskDownSampler(nn.Module):

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import MLP, sine_pe_1d
 from .configs import ModelConfig
 from .image_encoder import ImageEncoder
-from .layers import MLP, sine_pe_1d
 from .mask_decoder import MaskDecoder
 from .memory import MemoryAttention, MemoryEncoder
 from .prompt_encoder import PromptEncoder

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import LayerNorm2d, PositionEmbeddingRandom
+from .blocks import LayerNorm2d, PositionEmbeddingRandom
 
 
 class PromptEncoder(nn.Module):

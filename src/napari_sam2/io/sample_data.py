@@ -13,7 +13,7 @@ import math
 import numpy as np
 from skimage.filters import gaussian
 
-from .errors import InputError
+from ..errors import InputError
 
 # z step relative to the xy pixel size: nuclei are drawn squashed in z by this factor, and the layer scale undoes it.
 NUCLEI_Z_STEP = 2.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import Sam2Error, out_of_memory_error
+from ...errors import Sam2Error, out_of_memory_error
 
 logger = logging.getLogger(__name__)
 

@@ -7,13 +7,13 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from .engine import ImagePredictor, Sam2Model
+from ..engine import ImagePredictor, Sam2Model
 from .frame_labels import FrameLabels, first_come_keeps
 from .frames import StackFrames
 from .prompts import EnginePrompt
 
 
-class SliceSegmenter:
+class ImageSegmenter:
     """Masks for the objects prompted on one frame of a StackFrames.
 
     Objects do not overlap: where two objects' masks meet, the object prompted first keeps the pixel.

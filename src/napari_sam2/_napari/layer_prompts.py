@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.prompts import Prompt
 from ..errors import InputError
-from ..prompts import Prompt
 from .stack_plane import StackPlane
 
 POSITIVE = "positive"  # Points feature: True for a positive click, False for a negative one

@@ -19,11 +19,11 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .engine import FrameResult, Sam2Model, Tracker
-from .errors import InputError, translate_out_of_memory
+from ..engine import FrameResult, Sam2Model, Tracker
+from ..errors import InputError, translate_out_of_memory
+from ..models.loaded import DEFAULT_MODEL, get_model
 from .frame_labels import FrameLabels, highest_logit_wins
 from .frames import StackFrames
-from .model_cache import DEFAULT_MODEL, get_model
 from .prompts import EnginePrompt, Prompt, check_prompts_fit, group_prompts, prompt_list
 
 DIRECTIONS = ("both", "forward", "backward")
@@ -61,7 +61,7 @@ class TrackingSession:
     """Objects tracked through one axis of an array.
 
     ``stack``, ``axis``, ``channel_axis``, ``channels``, ``intensity_range`` and ``fixed_indices`` are those of
-    :class:`napari_sam2.frames.StackFrames`; ``model`` a name, checkpoint path or loaded model.
+    :class:`napari_sam2.core.frames.StackFrames`; ``model`` a name, checkpoint path or loaded model.
     """
 
     def __init__(

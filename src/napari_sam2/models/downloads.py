@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from . import __version__
-from .errors import CheckpointError, InputError, Sam2Error
+from .. import __version__
+from ..errors import CheckpointError, InputError, Sam2Error
 
 Progress = Callable[[int, Optional[int]], None]
 """Called as progress(bytes_done, bytes_total_or_None) while a download runs (the widget and the CLI show it)."""

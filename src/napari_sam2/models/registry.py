@@ -22,9 +22,9 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import CheckpointError, InputError
+from ..progress_bar import TextProgressBar
 from .downloads import Progress, check_url, fetch, file_sha256
-from .errors import CheckpointError, InputError
-from .progress_bar import TextProgressBar
 
 __all__ = [
     "MODELS", "ModelInfo", "Progress", "TextProgressBar", "cache_dir", "cached_path", "download",

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import tifffile
 
-from .errors import InputError
-from .frame_labels import smallest_label_dtype
+from ..core.frame_labels import smallest_label_dtype
+from ..errors import InputError
 
 MICROMETRE = "µm"
 

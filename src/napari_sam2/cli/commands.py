@@ -13,8 +13,9 @@ import sys
 import traceback
 import warnings
 
-from . import __version__, models
-from .errors import InputError, OutOfMemory, Sam2Error, SaturationWarning, translate_out_of_memory
+from .. import __version__
+from ..errors import InputError, OutOfMemory, Sam2Error, SaturationWarning, translate_out_of_memory
+from ..models import registry as models
 
 PROG = "napari-sam2"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -121,7 +122,7 @@ def _intensity_range(text: str) -> list[float]:
 
 
 def _load_model(name_or_path: str, device: str, quiet: bool):
-    from .model_cache import get_model
+    from ..models.loaded import get_model
 
     bar = None if quiet else models.TextProgressBar(f"downloading {name_or_path}")
     try:
@@ -196,8 +197,8 @@ def _report_warnings(stack, caught) -> None:
 
 
 def _add_segment_commands(subparsers) -> None:
-    from .model_cache import DEFAULT_MODEL
-    from .tracking import DIRECTIONS
+    from ..core.tracking import DIRECTIONS
+    from ..models.loaded import DEFAULT_MODEL
 
     command = subparsers.add_parser(
         "segment",
@@ -248,7 +249,7 @@ def _add_segment_commands(subparsers) -> None:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from .sample_files import write_sample
+    from ..io.sample_files import write_sample
 
     for path in write_sample(args.kind, args.out, overwrite=args.overwrite):
         print(path)
@@ -256,7 +257,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 
 def _add_sample_commands(subparsers) -> None:
-    from .sample_files import SAMPLES
+    from ..io.sample_files import SAMPLES
 
     command = subparsers.add_parser(
         "sample",

@@ -1,4 +1,4 @@
-"""The tracking controller: one object that owns a :class:`~napari_sam2.tracking.TrackingSession`, runs SAM2 work
+"""The tracking controller: one object that owns a :class:`~napari_sam2.core.tracking.TrackingSession`, runs SAM2 work
 (segmenting a slice, propagating, re-tracking) one run at a time, keeps the run's state and progress, and tells
 whoever listens through events. Free of Qt and of napari: the napari widget is a thin view that wires these events
 to its buttons, a progress bar and a Labels layer; a script or a test drives it the same way.
@@ -20,7 +20,7 @@ before the last event is emitted, so a listener may start the next run from it.
 Threads: the work runs through a *runner* ``runner(job, deliver, done)``: it runs ``job(post)`` (a generator)
 somewhere, and calls ``deliver(item)`` for each item the job yields or posts, then ``done(error_or_None)`` once, all
 on the controller's thread. ``run_inline`` does it all at once (scripts, tests); :class:`ThreadRunner` uses a
-plain thread and a queue that its owner pumps; the napari widget uses ``napari_sam2._napari.jobs.qt_runner``.
+plain thread and a queue that its owner pumps; the napari widget uses ``napari_sam2._napari._qt.jobs.qt_runner``.
 Items that arrive while the controller is still emitting an event (a listener that processes the GUI's events,
 as napari's ``progress`` does) wait until that event is done: events never nest, so the state is always the one
 the events so far describe.
@@ -43,10 +43,10 @@ from typing import Any, Callable, Hashable, Iterator, Sequence
 import numpy as np
 from psygnal import Signal, SignalGroup
 
-from . import models
-from .errors import CheckpointError, InputError, Sam2Error
-from .frame_labels import FrameLabels
-from .prompts import Prompt
+from ..core.frame_labels import FrameLabels
+from ..core.prompts import Prompt
+from ..errors import CheckpointError, InputError, Sam2Error
+from ..models import registry as models
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def default_error_message(error: BaseException) -> str:
 
 
 def _create_session(**options):
-    from .tracking import TrackingSession  # torch is imported only when a session is made
+    from ..core.tracking import TrackingSession  # torch is imported only when a session is made
 
     return TrackingSession(**options)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from .errors import InputError
+from ..errors import InputError
 from .sample_data import NUCLEI_Z_STEP, make_cell_timelapse, make_nuclei_stack
-from .tiff_io import write_labels_tiff
+from .tiff import write_labels_tiff
 
 # kind -> (make the data, axes, pixel sizes in µm, prompt every object on its largest slice, or on the first frame)
 SAMPLES = {

@@ -23,9 +23,9 @@ import math
 import os
 from collections import defaultdict
 
-from .errors import InputError
-from .prompts import Prompt
-from .stack_axes import StackAxes
+from ..core.axes import StackAxes
+from ..core.prompts import Prompt
+from ..errors import InputError
 
 POLARITY_COLUMNS = ("positive", "is_positive", "polarity", "point_label", "point_type", "sign", "label", "labels")
 OBJ_ID_COLUMNS = ("obj_id", "object_id", "objectid", "object", "obj", "track_id", "label_id", "id")

@@ -18,10 +18,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, model_input  # noqa: F401  (the engine owns the rule)
-from .errors import InputError, SaturationWarning
+from ..engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, model_input  # noqa: F401  (the engine owns the rule)
+from ..errors import InputError, SaturationWarning
+from ..numbers import whole_number  # defined here before; still importable from here
 from .intensity import parse_intensity_range, sampled_ranges, saturation_message, to_unit_range
-from .numbers import whole_number  # defined here before; still importable from here
 from .prefetch import PrefetchCache
 
 DEFAULT_IMAGE_SIZE = 1024

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .engine.checkpoints import build_model
-from .engine.layers import LayerNorm2d
+from .blocks import LayerNorm2d
+from .checkpoints import build_model
 
 _KIND_RULES = {"weight": (0.0, None), "norm": (1.0, 0.1), "bias": (0.0, 0.02),
                "embedding": (0.0, 1.0), "param": (0.0, 0.02), "buffer": (0.0, 0.02)}

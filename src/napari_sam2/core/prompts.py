@@ -14,8 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .errors import InputError
-from .numbers import whole_number
+from ..errors import InputError
+from ..numbers import whole_number
 
 # Label values are stored as int32, so object ids must fit.
 MAX_OBJ_ID = np.iinfo(np.int32).max

@@ -8,9 +8,9 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from .engine import Sam2Model, load_model, resolve_device
-from .errors import InputError
-from .models import model_path
+from ..engine import Sam2Model, load_model, resolve_device
+from ..errors import InputError
+from .registry import model_path
 
 DEFAULT_MODEL = "sam2.1_hiera_tiny"
 

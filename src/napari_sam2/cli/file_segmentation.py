@@ -15,14 +15,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .api import stream_stack
-from .errors import InputError
-from .frame_labels import check_ids_fit, smallest_label_dtype
-from .numbers import whole_number
-from .prompt_files import Position, read_prompt_file
-from .prompts import Prompt, check_prompts_fit
-from .stack_axes import StackAxes, stack_axes
-from .tiff_io import TiffStack, read_tiff, write_labels_tiff
+from ..api import stream_stack
+from ..core.axes import StackAxes, stack_axes
+from ..core.frame_labels import check_ids_fit, smallest_label_dtype
+from ..core.prompts import Prompt, check_prompts_fit
+from ..errors import InputError
+from ..io.prompt_files import Position, read_prompt_file
+from ..io.tiff import TiffStack, read_tiff, write_labels_tiff
+from ..numbers import whole_number
 
 DEFAULT_PROMPTS = ("{dir}/{stem}.csv", "{dir}/{stem}.json")
 DEFAULT_OUT = "{dir}/{stem}_labels.tif"

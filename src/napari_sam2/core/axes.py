@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InputError
+from ..errors import InputError
 
 CHANNEL_LETTERS = "CS"  # channels, and RGB(A) samples
 UNNAMED_LETTERS = "QI"  # tifffile's letters for an axis whose meaning the file does not say

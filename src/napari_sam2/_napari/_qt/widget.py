@@ -1,6 +1,6 @@
 """The SAM2 dock widget: click on an object, see its mask, propagate it through the stack.
 
-The widget is a thin view over :class:`napari_sam2.controller.TrackingController`, which owns the session and the
+The widget is a thin view over :class:`napari_sam2._napari.controller.TrackingController`, which owns the session and the
 run (its state, progress and events; the model runs in a worker thread). The widget reads the prompts from its
 layers, asks the controller to act, and turns the controller's events into enabled / disabled controls, a status
 line, a progress bar and writes into the Labels layer (through a ``LabelsRun``, which locks the layer while the run
@@ -22,17 +22,15 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 
+from ...core.prompts import MAX_OBJ_ID
+from ...core.tracking import DIRECTIONS
+from ...errors import InputError
+from ...models.loaded import DEFAULT_MODEL
+from ...models.registry import MODELS, cached_path, local_models
 from ..controller import CANCELLING, SLICE_KINDS, Identity, SessionSpec, TrackingController
-from ..errors import InputError
-from ..model_cache import DEFAULT_MODEL
-from ..models import MODELS, cached_path, local_models
-from ..prompts import MAX_OBJ_ID
-from ..tracking import DIRECTIONS
-from .jobs import qt_runner, user_message
-from .labels_writer import LabelsRun, check_ids_fit_layer, largest_id, remove_object_labels
-from .layers import OBJ_ID, LayerPrompts, prompts_from_layers, to_image_data
-from .object_list import ObjectList, ObjectRow
-from .prompt_layers import (
+from ..labels_writer import LabelsRun, check_ids_fit_layer, largest_id, remove_object_labels
+from ..layer_prompts import OBJ_ID, LayerPrompts, prompts_from_layers, to_image_data
+from ..prompt_layers import (
     FOR_IMAGE,
     ROLE,
     PromptLayers,
@@ -42,7 +40,7 @@ from .prompt_layers import (
     style_points,
     toggle_next_polarity,
 )
-from .stack_plane import (
+from ..stack_plane import (
     StackPlane,
     axis_name,
     channel_options,
@@ -51,6 +49,8 @@ from .stack_plane import (
     layer_array,
     stack_plane,
 )
+from .jobs import qt_runner, user_message
+from .object_list import ObjectList, ObjectRow
 
 logger = logging.getLogger(__name__)
 
