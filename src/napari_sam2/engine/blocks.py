@@ -143,8 +143,11 @@ class RoPEAttention(Attention):
     get no rotation.
     """
 
-    def __init__(self, *args, rope_theta=10000.0, rope_k_repeat=False, feat_sizes=(64, 64), **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, embedding_dim: int, num_heads: int, *, rope_theta: float, feat_sizes: tuple[int, int],
+                 rope_k_repeat: bool = False, kv_in_dim: int | None = None):
+        """rope_theta: the RoPE base; feat_sizes: (end_x, end_y) of the query grid the rotations are built for
+        (rebuilt for a square grid of another size at the first call that needs it)."""
+        super().__init__(embedding_dim, num_heads, kv_in_dim=kv_in_dim)
         self.rope_theta = rope_theta
         self.rope_k_repeat = rope_k_repeat
         self._set_grid(*feat_sizes)
@@ -176,7 +179,7 @@ class RoPEAttention(Attention):
 class PositionEmbeddingSine(nn.Module):
     """The DETR-style normalised sine/cosine position encoding of a feature map (NCHW)."""
 
-    def __init__(self, num_pos_feats: int, temperature: int = 10000):
+    def __init__(self, num_pos_feats: int, *, temperature: int):
         super().__init__()
         self.num_pos_feats = num_pos_feats // 2
         self.temperature = temperature
@@ -207,7 +210,7 @@ class PositionEmbeddingSine(nn.Module):
 class PositionEmbeddingRandom(nn.Module):
     """Random Fourier features of (x, y) in [0, 1] (the prompt encoder's position encoding)."""
 
-    def __init__(self, num_pos_feats: int = 128):
+    def __init__(self, num_pos_feats: int):
         super().__init__()
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(2, num_pos_feats))
 

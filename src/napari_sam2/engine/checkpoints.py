@@ -25,8 +25,11 @@ _HINT = ("Get an official file with `napari-sam2 models download sam2.1_hiera_ti
          "it when needed.")
 
 
-def read_state_dict(path) -> dict:
-    """The state dict inside a checkpoint file, with errors a user can act on."""
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint file (`{"model": state_dict}` or a bare state dict), on the CPU.
+
+    Raises CheckpointError, with what to do, for a missing, empty, truncated or foreign file, a file holding Python
+    objects besides tensors (never unpickled), or a SAM (v1) or other model's checkpoint."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"No checkpoint file at {path}. {_HINT}")
@@ -76,8 +79,10 @@ def _unwrap(ckpt, path) -> dict:
     return state
 
 
-def detect_variant(state: dict) -> str:
-    """The variant name (e.g. 'sam2.1_hiera_t') that a state dict belongs to."""
+def detect_variant(state: dict[str, torch.Tensor]) -> str:
+    """The variant name (e.g. 'sam2.1_hiera_t') that a SAM2 state dict belongs to: the size from the trunk's embed dim
+    and block count, SAM2.1 from the `no_obj_embed_spatial` key. Raises CheckpointError for a trunk of no official
+    variant."""
     embed_dim = state["image_encoder.trunk.pos_embed"].shape[1]
     blocks = {int(m.group(1)) for k in state if (m := re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k))}
     size = _SIZES.get((embed_dim, len(blocks)))
@@ -103,17 +108,23 @@ def _mismatch_report(model: torch.nn.Module, state: dict) -> str:
     return "; ".join(parts)
 
 
-def build_model(config) -> Sam2Model:
-    """An (untrained) model of a variant: a name or a ModelConfig."""
+def build_model(config: str | ModelConfig) -> Sam2Model:
+    """An untrained model (on the CPU, train mode) of a variant, given by name (e.g. 'sam2.1_hiera_t') or as a
+    ModelConfig; every hyper-parameter comes from the config (see Sam2Model.__init__). InputError for an unknown
+    name."""
     cfg = config if isinstance(config, ModelConfig) else get_config(config)
     return Sam2Model(cfg)
 
 
-def load_model(checkpoint, device="auto", config=None) -> Sam2Model:
-    """Load a Meta SAM2 / SAM2.1 `.pt` checkpoint into our model, in eval mode, on `device`.
+def load_model(checkpoint: str | Path, device: str | torch.device = "auto",
+               config: str | ModelConfig | None = None) -> Sam2Model:
+    """Load a Meta SAM2 / SAM2.1 `.pt` checkpoint into our model, in eval mode with gradients off, on `device`
+    ('auto': CUDA, then MPS, then CPU; see devices.resolve_device).
 
     `config` (a variant name or ModelConfig) is worked out from the file when None; when
-    given it must match the file.
+    given it must match the file (a ModelConfig may change the input size, e.g. `.with_(image_size=256)`).
+    Raises CheckpointError for an unreadable file, another variant than `config`, or any missing, unexpected or
+    mis-shaped key (strict loading); DeviceError for a device that is not available.
     """
     state = read_state_dict(checkpoint)
     detected = detect_variant(state)

@@ -15,8 +15,9 @@ def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
-def resolve_device(device="auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU; an explicit device must exist."""
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU; an explicit device ('cuda', 'cuda:1', 'mps', 'cpu') must exist.
+    Raises DeviceError for an unknown or unavailable device."""
     if isinstance(device, torch.device):
         device = str(device)
     name = str(device).lower()

@@ -42,7 +42,9 @@ def window_unpartition(windows, window, padded_hw, hw):
 
 
 class MultiScaleAttention(nn.Module):
-    def __init__(self, dim, dim_out, num_heads, q_pool=None):
+    """Self-attention over (B, H, W, C) tokens; with `q_pool` the queries are pooled (the output grid shrinks)."""
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, q_pool: nn.Module | None = None):
         super().__init__()
         self.num_heads = num_heads
         self.q_pool = q_pool
@@ -63,7 +65,10 @@ class MultiScaleAttention(nn.Module):
 
 
 class MultiScaleBlock(nn.Module):
-    def __init__(self, dim, dim_out, num_heads, window_size, q_stride=None, mlp_ratio=4.0):
+    """One Hiera block: (windowed or global) attention and an MLP, each with a residual; (B, H, W, C) in and out."""
+
+    def __init__(self, *, dim: int, dim_out: int, num_heads: int, window_size: int, q_stride: tuple[int, int] | None,
+                 mlp_ratio: float):
         super().__init__()
         self.dim, self.dim_out = dim, dim_out
         self.window_size = window_size
@@ -98,16 +103,18 @@ class MultiScaleBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, embed_dim):
+    """A strided convolution from the (B, 3, S, S) image to (B, S / stride, S / stride, embed_dim) tokens."""
+
+    def __init__(self, embed_dim: int, *, kernel_size: int, stride: int, padding: int):
         super().__init__()
-        self.proj = nn.Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding)
 
     def forward(self, x):
         return self.proj(x).permute(0, 2, 3, 1)  # B, H, W, C
 
 
 def block_layout(cfg: HieraConfig) -> list[dict]:
-    """Per block: input dim, output dim, heads, window size and query stride."""
+    """Per block: the keyword arguments of its MultiScaleBlock (dims, heads, window size, query stride, MLP ratio)."""
     layout, dim, heads, stage = [], cfg.embed_dim, cfg.num_heads, 0
     stage_ends = cfg.stage_ends
     for i in range(cfg.depth):
@@ -119,16 +126,20 @@ def block_layout(cfg: HieraConfig) -> list[dict]:
             heads = int(heads * cfg.head_mul)
             stage += 1
         q_stride = cfg.q_stride if i in cfg.q_pool_blocks else None
-        layout.append(dict(dim=dim, dim_out=dim_out, num_heads=heads, window_size=window, q_stride=q_stride))
+        layout.append(dict(dim=dim, dim_out=dim_out, num_heads=heads, window_size=window, q_stride=q_stride,
+                           mlp_ratio=cfg.mlp_ratio))
         dim = dim_out
     return layout
 
 
 class Hiera(nn.Module):
+    """The trunk, built from a HieraConfig (which holds all its hyper-parameters)."""
+
     def __init__(self, cfg: HieraConfig):
         super().__init__()
         self.stage_ends = cfg.stage_ends
-        self.patch_embed = PatchEmbed(cfg.embed_dim)
+        self.patch_embed = PatchEmbed(cfg.embed_dim, kernel_size=cfg.patch_kernel_size, stride=cfg.patch_stride,
+                                      padding=cfg.patch_padding)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.embed_dim, *cfg.window_pos_embed_bkg_spatial_size))
         w0 = cfg.window_spec[0]
         self.pos_embed_window = nn.Parameter(torch.zeros(1, cfg.embed_dim, w0, w0))
@@ -153,8 +164,9 @@ class Hiera(nn.Module):
         pos = pos + self.pos_embed_window.tile(reps)
         return pos.permute(0, 2, 3, 1)
 
-    def forward(self, x) -> list[torch.Tensor]:
-        """Features (NCHW) at the end of each stage, highest resolution first."""
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x (B, 3, S, S) normalised image -> features (B, C_i, S / 4 / 2^i, S / 4 / 2^i) at the end of each stage
+        i = 0..3, highest resolution first."""
         x = self.patch_embed(x)
         x = x + self._pos_embed(x.shape[1:3])
         outputs = []

@@ -7,8 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .blocks import PositionEmbeddingSine
-from .configs import ModelConfig
-from .hiera import Hiera
 
 
 class _LateralConv(nn.Module):
@@ -23,10 +21,12 @@ class _LateralConv(nn.Module):
 class FpnNeck(nn.Module):
     """1x1 lateral convolutions, plus nearest-upsampled top-down features on some levels."""
 
-    def __init__(self, d_model, backbone_channel_list, fpn_top_down_levels):
+    def __init__(self, *, d_model: int, backbone_channel_list: list[int], fpn_top_down_levels: tuple[int, ...],
+                 position_encoding: PositionEmbeddingSine):
+        """backbone_channel_list: the trunk's channels per stage, lowest resolution first."""
         super().__init__()
         self.convs = nn.ModuleList(_LateralConv(dim, d_model) for dim in backbone_channel_list)
-        self.position_encoding = PositionEmbeddingSine(d_model)
+        self.position_encoding = position_encoding
         self.fpn_top_down_levels = list(fpn_top_down_levels)
 
     def forward(self, xs):
@@ -46,11 +46,13 @@ class FpnNeck(nn.Module):
 
 
 class ImageEncoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    """The trunk (Hiera) and the FPN neck; `scalp` lowest-resolution levels are dropped."""
+
+    def __init__(self, *, trunk: nn.Module, neck: FpnNeck, scalp: int):
         super().__init__()
-        self.trunk = Hiera(cfg.hiera)
-        self.neck = FpnNeck(cfg.d_model, cfg.hiera.channel_list, cfg.fpn_top_down_levels)
-        self.scalp = cfg.scalp
+        self.trunk = trunk
+        self.neck = neck
+        self.scalp = scalp
 
     def forward(self, image):
         """image (B, 3, S, S) normalised -> dict of FPN features and their position encodings.

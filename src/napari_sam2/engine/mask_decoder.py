@@ -12,7 +12,7 @@ from .blocks import MLP, Attention, LayerNorm2d
 class TwoWayAttentionBlock(nn.Module):
     """Token self-attention, token->image, MLP on tokens, image->token."""
 
-    def __init__(self, dim, num_heads, mlp_dim, downsample_rate=2, skip_first_layer_pe=False):
+    def __init__(self, *, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool):
         super().__init__()
         self.self_attn = Attention(dim, num_heads)
         self.norm1 = nn.LayerNorm(dim)
@@ -40,16 +40,22 @@ class TwoWayAttentionBlock(nn.Module):
 
 
 class TwoWayTransformer(nn.Module):
-    def __init__(self, depth=2, dim=256, num_heads=8, mlp_dim=2048, downsample_rate=2):
+    """`depth` two-way blocks between prompt tokens (queries) and the image embedding (keys), then a final
+    token-to-image attention."""
+
+    def __init__(self, *, depth: int, dim: int, num_heads: int, mlp_dim: int, downsample_rate: int):
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(dim=dim, num_heads=num_heads, mlp_dim=mlp_dim, downsample_rate=downsample_rate,
+                                 skip_first_layer_pe=(i == 0))
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(dim, num_heads, downsample_rate=downsample_rate)
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(self, image_embedding, image_pe, point_embedding):
+        """image_embedding and image_pe (B, C, h, w), point_embedding (B, N, C) -> tokens (B, N, C) and image
+        tokens (B, h*w, C)."""
         image_embedding = image_embedding.flatten(2).permute(0, 2, 1)
         image_pe = image_pe.flatten(2).permute(0, 2, 1)
         queries, keys = point_embedding, image_embedding
@@ -69,16 +75,24 @@ def stability_scores(mask_logits, delta):
 
 
 class MaskDecoder(nn.Module):
+    """SAM2's mask decoder (high-res features, object-score head, multimask-token object pointers, as Meta's
+    SAM2 configs build it)."""
+
     def __init__(
         self,
-        dim=256,
-        num_multimask_outputs=3,
-        dynamic_multimask_via_stability=True,
-        dynamic_multimask_stability_delta=0.05,
-        dynamic_multimask_stability_thresh=0.98,
+        *,
+        dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int,
+        iou_head_depth: int,
+        iou_head_hidden_dim: int,
+        obj_score_head_depth: int,
+        dynamic_multimask_via_stability: bool,
+        dynamic_multimask_stability_delta: float,
+        dynamic_multimask_stability_thresh: float,
     ):
         super().__init__()
-        self.transformer = TwoWayTransformer(dim=dim)
+        self.transformer = transformer
         self.num_mask_tokens = num_multimask_outputs + 1
         self.iou_token = nn.Embedding(1, dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, dim)
@@ -92,11 +106,12 @@ class MaskDecoder(nn.Module):
         )
         self.conv_s0 = nn.Conv2d(dim, dim // 8, kernel_size=1)
         self.conv_s1 = nn.Conv2d(dim, dim // 4, kernel_size=1)
-        self.output_hypernetworks_mlps = nn.ModuleList(
+        self.output_hypernetworks_mlps = nn.ModuleList(  # 3 layers, as in Meta's code (not a config value)
             MLP(dim, dim, dim // 8, 3) for _ in range(self.num_mask_tokens)
         )
-        self.iou_prediction_head = MLP(dim, 256, self.num_mask_tokens, 3, sigmoid_output=True)
-        self.pred_obj_score_head = MLP(dim, dim, 1, 3)
+        self.iou_prediction_head = MLP(dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth,
+                                       sigmoid_output=True)
+        self.pred_obj_score_head = MLP(dim, dim, 1, obj_score_head_depth)
         self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
         self.stability_delta = dynamic_multimask_stability_delta
         self.stability_thresh = dynamic_multimask_stability_thresh

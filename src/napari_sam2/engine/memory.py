@@ -12,9 +12,10 @@ from .blocks import LayerNorm2d, PositionEmbeddingSine, RoPEAttention, activate_
 
 
 class MaskDownSampler(nn.Module):
-    """Strided 3x3 convolutions (x4 channels each) from the 1024 mask down to the 64 grid."""
+    """Strided convolutions (x stride^2 channels each) from the (B, 1, S, S) mask down to the image grid,
+    (B, embed_dim, S / total_stride, S / total_stride): with 3x3, stride 2, 1024 -> 64 in 4 steps."""
 
-    def __init__(self, embed_dim=256, kernel_size=3, stride=2, padding=1, total_stride=16):
+    def __init__(self, *, embed_dim: int, kernel_size: int, stride: int, padding: int, total_stride: int):
         super().__init__()
         layers, c_in = [], 1
         for _ in range(int(math.log2(total_stride) // math.log2(stride))):
@@ -31,7 +32,7 @@ class MaskDownSampler(nn.Module):
 class CXBlock(nn.Module):
     """ConvNeXt block: depthwise 7x7, LayerNorm, pointwise MLP, layer scale, residual."""
 
-    def __init__(self, dim, kernel_size=7, padding=3):
+    def __init__(self, dim: int, *, kernel_size: int, padding: int):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=padding, groups=dim)
         self.norm = LayerNorm2d(dim, eps=1e-6)
@@ -47,9 +48,11 @@ class CXBlock(nn.Module):
 
 
 class Fuser(nn.Module):
-    def __init__(self, dim, num_layers=2):
+    """`num_layers` ConvNeXt blocks over (B, dim, h, w)."""
+
+    def __init__(self, dim: int, *, num_layers: int, kernel_size: int, padding: int):
         super().__init__()
-        self.layers = nn.ModuleList(CXBlock(dim) for _ in range(num_layers))
+        self.layers = nn.ModuleList(CXBlock(dim, kernel_size=kernel_size, padding=padding) for _ in range(num_layers))
 
     def forward(self, x):
         for layer in self.layers:
@@ -58,12 +61,15 @@ class Fuser(nn.Module):
 
 
 class MemoryEncoder(nn.Module):
-    def __init__(self, in_dim=256, out_dim=64):
+    """Frame features + a mask -> the frame's memory (B, out_dim, h, w) and its sine position encoding."""
+
+    def __init__(self, *, in_dim: int, out_dim: int, mask_downsampler: MaskDownSampler, fuser: Fuser,
+                 position_encoding: PositionEmbeddingSine):
         super().__init__()
-        self.mask_downsampler = MaskDownSampler(in_dim)
+        self.mask_downsampler = mask_downsampler
         self.pix_feat_proj = nn.Conv2d(in_dim, in_dim, kernel_size=1)
-        self.fuser = Fuser(in_dim)
-        self.position_encoding = PositionEmbeddingSine(out_dim)
+        self.fuser = fuser
+        self.position_encoding = position_encoding
         self.out_proj = nn.Conv2d(in_dim, out_dim, kernel_size=1)
 
     def forward(self, pix_feat, mask_for_mem):
@@ -76,11 +82,12 @@ class MemoryEncoder(nn.Module):
 class MemoryAttentionLayer(nn.Module):
     """Self-attention (RoPE), cross-attention to memory (RoPE on keys except pointers), FFN."""
 
-    def __init__(self, d_model=256, mem_dim=64, dim_feedforward=2048, feat_sizes=(64, 64)):
+    def __init__(self, *, d_model: int, mem_dim: int, num_heads: int, dim_feedforward: int, rope_theta: float,
+                 feat_sizes: tuple[int, int]):
         super().__init__()
-        self.self_attn = RoPEAttention(d_model, num_heads=1, feat_sizes=feat_sizes)
+        self.self_attn = RoPEAttention(d_model, num_heads, rope_theta=rope_theta, feat_sizes=feat_sizes)
         self.cross_attn_image = RoPEAttention(
-            d_model, num_heads=1, kv_in_dim=mem_dim, rope_k_repeat=True, feat_sizes=feat_sizes
+            d_model, num_heads, kv_in_dim=mem_dim, rope_k_repeat=True, rope_theta=rope_theta, feat_sizes=feat_sizes
         )
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -99,9 +106,16 @@ class MemoryAttentionLayer(nn.Module):
 
 
 class MemoryAttention(nn.Module):
-    def __init__(self, d_model=256, mem_dim=64, num_layers=4):
+    """`num_layers` MemoryAttentionLayers and a final LayerNorm."""
+
+    def __init__(self, *, d_model: int, mem_dim: int, num_layers: int, num_heads: int, dim_feedforward: int,
+                 rope_theta: float, feat_sizes: tuple[int, int]):
         super().__init__()
-        self.layers = nn.ModuleList(MemoryAttentionLayer(d_model, mem_dim) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            MemoryAttentionLayer(d_model=d_model, mem_dim=mem_dim, num_heads=num_heads, dim_feedforward=dim_feedforward,
+                                 rope_theta=rope_theta, feat_sizes=feat_sizes)
+            for _ in range(num_layers)
+        )
         self.norm = nn.LayerNorm(d_model)
 
     def forward(self, curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=0):

@@ -2,6 +2,9 @@
 
 Attribute names are the official checkpoint's top-level key names. Tensors are batch
 first; the batch axis is the image for the image predictor and the object for the tracker.
+Shapes below are for a 1024-px model (S = image_size = 1024, image grid 64 x 64, low-res masks 256 x 256, C = d_model
+= 256, mem_dim = 64); they scale with image_size. Coordinates are (x, y) in model-input pixels. Under CUDA autocast
+tensors may come out bfloat16; on CPU they are float32.
 """
 
 from __future__ import annotations
@@ -12,19 +15,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import MLP, sine_pe_1d
+from .blocks import MLP, PositionEmbeddingSine, sine_pe_1d
 from .configs import ModelConfig
-from .image_encoder import ImageEncoder
-from .mask_decoder import MaskDecoder
-from .memory import MemoryAttention, MemoryEncoder
+from .hiera import Hiera
+from .image_encoder import FpnNeck, ImageEncoder
+from .mask_decoder import MaskDecoder, TwoWayTransformer
+from .memory import Fuser, MaskDownSampler, MemoryAttention, MemoryEncoder
 from .prompt_encoder import PromptEncoder
 
-NO_OBJ_SCORE = -1024.0  # mask logit given to every pixel of an object judged absent
+NO_OBJ_SCORE = -1024.0  # mask logit given to every pixel of an object judged absent (Meta's NO_OBJ_SCORE)
+MASK_INPUT_LOGIT_SCALE, MASK_INPUT_LOGIT_BIAS = 20.0, -10.0  # a mask prompt as output logits: mask * 20 - 10
 
 
 @dataclass
 class FrameFeatures:
-    """Image-encoder output of one frame (or a batch of frames), NCHW."""
+    """Image-encoder output of one frame (or a batch of frames), NCHW, on the model's device."""
 
     vision: torch.Tensor  # (B, C, 64, 64) stride-16 features
     vision_pos: torch.Tensor  # (B, C, 64, 64) their sine position encoding
@@ -37,39 +42,97 @@ class FrameFeatures:
         return FrameFeatures(rep(self.vision), rep(self.vision_pos), tuple(rep(x) for x in self.high_res))
 
     def to(self, device) -> "FrameFeatures":
+        """The features on another device."""
         return self.map(lambda x: x.to(device))
 
     def map(self, fn) -> "FrameFeatures":
+        """fn applied to every tensor."""
         return FrameFeatures(fn(self.vision), fn(self.vision_pos), tuple(fn(x) for x in self.high_res))
 
 
 @dataclass
 class DecoderOutput:
+    """What `Sam2Model.decode` returns for a batch of B prompts (or objects); logits are float32."""
+
     multi_logits: torch.Tensor  # (B, M, 256, 256) all returned masks (M = 3 or 1)
     ious: torch.Tensor  # (B, M)
     low_res: torch.Tensor  # (B, 1, 256, 256) the chosen mask
     high_res: torch.Tensor  # (B, 1, S, S) the chosen mask upsampled to the model input size
-    obj_ptr: torch.Tensor  # (B, C)
-    object_score_logits: torch.Tensor  # (B, 1)
+    obj_ptr: torch.Tensor  # (B, C) object pointer; the "no object" pointer where the object is absent
+    object_score_logits: torch.Tensor  # (B, 1) > 0: present
 
 
 class Sam2Model(nn.Module):
+    """SAM2 / SAM2.1 (Meta's `SAM2Base` with its video-model steps), assembled from a ModelConfig.
+
+    Every hyper-parameter is passed explicitly below, as segment-anything's `_build_sam` shows them; the values are
+    the fields of `configs.ModelConfig`. Not trainable as written (no dropout, no drop path): build it, load a
+    checkpoint (`checkpoints.load_model`), run it under `torch.no_grad()`.
+    """
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
         d, mem_dim, size = cfg.d_model, cfg.mem_dim, cfg.image_size
-        self.image_encoder = ImageEncoder(cfg)
+        self.image_encoder = ImageEncoder(
+            trunk=Hiera(cfg.hiera),
+            neck=FpnNeck(
+                d_model=d,
+                backbone_channel_list=cfg.hiera.channel_list,
+                fpn_top_down_levels=cfg.fpn_top_down_levels,
+                position_encoding=PositionEmbeddingSine(d, temperature=cfg.sine_pe_temperature),
+            ),
+            scalp=cfg.scalp,
+        )
+        # a mask prompt taken as the output: (B, 1, S, S) -> (B, 1, S / 4, S / 4) for the prompt encoder
         self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
-        self.memory_attention = MemoryAttention(d, mem_dim, cfg.memory_attention_layers)
-        self.memory_encoder = MemoryEncoder(d, mem_dim)
-        self.sam_prompt_encoder = PromptEncoder(d, (size // 16, size // 16), (size, size), mask_in_chans=16)
+        self.memory_attention = MemoryAttention(
+            d_model=d,
+            mem_dim=mem_dim,
+            num_layers=cfg.memory_attention_layers,
+            num_heads=cfg.memory_attention_num_heads,
+            dim_feedforward=cfg.memory_attention_dim_feedforward,
+            rope_theta=cfg.rope_theta,
+            feat_sizes=cfg.rope_feat_sizes,
+        )
+        self.memory_encoder = MemoryEncoder(
+            in_dim=d,
+            out_dim=mem_dim,
+            mask_downsampler=MaskDownSampler(
+                embed_dim=d,
+                kernel_size=cfg.mask_downsampler_kernel_size,
+                stride=cfg.mask_downsampler_stride,
+                padding=cfg.mask_downsampler_padding,
+                total_stride=cfg.backbone_stride,
+            ),
+            fuser=Fuser(d, num_layers=cfg.fuser_num_layers, kernel_size=cfg.fuser_kernel_size,
+                        padding=cfg.fuser_padding),
+            position_encoding=PositionEmbeddingSine(mem_dim, temperature=cfg.sine_pe_temperature),
+        )
+        self.sam_prompt_encoder = PromptEncoder(
+            embed_dim=d,
+            image_embedding_size=cfg.image_embedding_size,
+            input_image_size=(size, size),
+            mask_in_chans=cfg.prompt_mask_in_chans,
+        )
         self.sam_mask_decoder = MaskDecoder(
-            d,
+            dim=d,
+            transformer=TwoWayTransformer(
+                depth=cfg.decoder_transformer_depth,
+                dim=d,
+                num_heads=cfg.decoder_num_heads,
+                mlp_dim=cfg.decoder_mlp_dim,
+                downsample_rate=cfg.decoder_attention_downsample_rate,
+            ),
+            num_multimask_outputs=cfg.num_multimask_outputs,
+            iou_head_depth=cfg.iou_head_depth,
+            iou_head_hidden_dim=cfg.iou_head_hidden_dim,
+            obj_score_head_depth=cfg.obj_score_head_depth,
             dynamic_multimask_via_stability=cfg.dynamic_multimask_via_stability,
             dynamic_multimask_stability_delta=cfg.dynamic_multimask_stability_delta,
             dynamic_multimask_stability_thresh=cfg.dynamic_multimask_stability_thresh,
         )
-        self.obj_ptr_proj = MLP(d, d, d, 3)
+        self.obj_ptr_proj = MLP(d, d, d, cfg.obj_ptr_proj_depth)
         if cfg.proj_tpos_enc_in_obj_ptrs:
             self.obj_ptr_tpos_proj = nn.Linear(d, mem_dim)
         self.maskmem_tpos_enc = nn.Parameter(torch.zeros(cfg.num_maskmem, 1, 1, mem_dim))
@@ -81,27 +144,34 @@ class Sam2Model(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device the weights are on."""
         return self.no_mem_embed.device
 
     @property
     def image_size(self) -> int:
+        """Side S of the square model input, pixels."""
         return self.config.image_size
 
     # ---- image -------------------------------------------------------------------------
     def encode_image(self, image: torch.Tensor) -> FrameFeatures:
-        """image (B, 3, S, S), normalised with ImageNet mean/std."""
+        """image (B, 3, S, S) float32, RGB normalised with ImageNet mean / std (preprocess.model_input) -> the stride-16
+        features, their position encoding and the stride-4 / stride-8 features for the mask decoder."""
         out = self.image_encoder(image)
         fpn = out["backbone_fpn"]
         high_res = (self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1]))
         return FrameFeatures(fpn[-1], out["vision_pos_enc"][-1], high_res)
 
     # ---- prompts -> masks ---------------------------------------------------------------
-    def decode(self, image_embed, high_res, point_coords=None, point_labels=None, mask_input=None,
-               multimask_output=False) -> DecoderOutput:
-        """SAM heads on (memory-conditioned) features, as the video model runs them.
+    def decode(self, image_embed: torch.Tensor, high_res: tuple, point_coords: torch.Tensor | None = None,
+               point_labels: torch.Tensor | None = None, mask_input: torch.Tensor | None = None,
+               multimask_output: bool = False) -> DecoderOutput:
+        """SAM heads on (memory-conditioned) features, as the video model runs them (Meta's `_forward_sam_heads`).
 
-        point_coords (B, N, 2) in model pixels with labels (B, N); no points means one padding
-        point. Absent objects (score <= 0) get NO_OBJ_SCORE masks and the "no object" pointer.
+        image_embed (B, C, 64, 64) from `features_without_memory` or `condition_on_memory`; high_res from
+        FrameFeatures.high_res. point_coords (B, N, 2) float32 (x, y) in model pixels with labels (B, N) int32
+        (1 positive, 0 negative, 2 / 3 box corners); no points means one padding point. mask_input (B, 1, h, w)
+        logits, resized to 256 x 256 when needed. With multimask_output the mask with the highest predicted IoU is
+        chosen. Absent objects (score <= 0) get NO_OBJ_SCORE masks and the "no object" pointer.
         """
         b = image_embed.shape[0]
         if point_coords is None:
@@ -132,22 +202,25 @@ class Sam2Model(nn.Module):
         obj_ptr = is_present * obj_ptr + (1 - is_present) * self.no_obj_ptr
         return DecoderOutput(multi_logits, ious, low_res, high_res_mask, obj_ptr, object_score_logits)
 
-    def decode_mask_prompt(self, image_embed, high_res, mask: torch.Tensor) -> DecoderOutput:
-        """A user mask (B, 1, S, S) taken as the output as is (no SAM prediction), with its pointer."""
+    def decode_mask_prompt(self, image_embed: torch.Tensor, high_res: tuple, mask: torch.Tensor) -> DecoderOutput:
+        """A user mask (B, 1, S, S) of 0 / 1 taken as the output as is (no SAM prediction), with its pointer (Meta's
+        `_use_mask_as_output`): logits mask * 20 - 10, object score +10 where the mask has a pixel, else -10."""
         mask = mask.float()
-        high_res_mask = mask * 20.0 - 10.0
+        high_res_mask = mask * MASK_INPUT_LOGIT_SCALE + MASK_INPUT_LOGIT_BIAS
         low_res = F.interpolate(high_res_mask, size=(high_res_mask.shape[-2] // 4, high_res_mask.shape[-1] // 4),
                                 mode="bilinear", align_corners=False, antialias=True)
         ptr = self.decode(image_embed, high_res, mask_input=self.mask_downsample(mask)).obj_ptr
         present = (mask.flatten(1) > 0).any(dim=1, keepdim=True).float()
         obj_ptr = present * ptr + (1 - present) * self.no_obj_ptr
-        score = 20.0 * present - 10.0
+        score = MASK_INPUT_LOGIT_SCALE * present + MASK_INPUT_LOGIT_BIAS
         ious = mask.new_ones(mask.shape[0], 1)
         return DecoderOutput(low_res, ious, low_res, high_res_mask, obj_ptr, score)
 
     # ---- memory ------------------------------------------------------------------------
-    def condition_on_memory(self, features: FrameFeatures, memory, memory_pos, num_obj_ptr_tokens) -> torch.Tensor:
-        """Stride-16 features (B, C, H, W) after attending to memory (B, M, mem_dim)."""
+    def condition_on_memory(self, features: FrameFeatures, memory: torch.Tensor, memory_pos: torch.Tensor,
+                            num_obj_ptr_tokens: int) -> torch.Tensor:
+        """Stride-16 features (B, C, 64, 64) after memory attention to memory (B, M, mem_dim) with position
+        encodings memory_pos (B, M, mem_dim), whose last num_obj_ptr_tokens tokens are object pointers."""
         b, c, h, w = features.vision.shape
         curr = features.vision.flatten(2).transpose(1, 2)
         curr_pos = features.vision_pos.flatten(2).transpose(1, 2)
@@ -155,16 +228,21 @@ class Sam2Model(nn.Module):
         return out.transpose(1, 2).reshape(b, c, h, w)
 
     def features_without_memory(self, features: FrameFeatures) -> torch.Tensor:
-        """Features of a frame with no memory to attend to (an initial conditioning frame)."""
+        """Features (B, C, 64, 64) of a frame with no memory to attend to (an initial conditioning frame, or a single
+        image): the stride-16 features plus the "no memory" embedding."""
         return features.vision + self.no_mem_embed.view(1, -1, 1, 1)
 
     def memory_frame_pos(self, maskmem_pos: torch.Tensor, t_pos: int) -> torch.Tensor:
-        """Position encoding (B, HW, mem_dim) of a memory frame t_pos steps back (0 = a conditioning frame)."""
+        """Position encoding (B, HW, mem_dim) of a memory at temporal position t_pos (0 = a conditioning frame,
+        num_maskmem - k = the frame k steps back): the spatial encoding maskmem_pos (B, mem_dim, h, w) plus the
+        learnt temporal one."""
         return maskmem_pos.flatten(2).transpose(1, 2) + self.maskmem_tpos_enc[self.config.num_maskmem - t_pos - 1].view(1, 1, -1)
 
-    def pointer_tokens(self, pointers: torch.Tensor, t_diffs, max_ptrs: int):
-        """Object pointers (N, B, C) at temporal distances t_diffs -> memory tokens and their
-        position encodings, each (B, N * C // mem_dim, mem_dim): a pointer is split in mem_dim chunks."""
+    def pointer_tokens(self, pointers: torch.Tensor, t_diffs: list[int],
+                       max_ptrs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Object pointers (N, B, C) at temporal distances t_diffs (N frames) -> memory tokens and their
+        position encodings, each (B, N * C // mem_dim, mem_dim): a pointer is split in mem_dim chunks. Distances
+        are normalised by max_ptrs - 1 for the sine encoding (SAM2.1; SAM2 gives zero encodings)."""
         cfg = self.config
         n, b, c = pointers.shape
         mem_dim = cfg.mem_dim
@@ -181,8 +259,11 @@ class Sam2Model(nn.Module):
         pos = pos.repeat_interleave(split, dim=0)
         return tokens.transpose(0, 1), pos.transpose(0, 1)
 
-    def encode_memory(self, features: FrameFeatures, high_res_masks, object_score_logits, binarize: bool):
-        """Memory (B, mem_dim, H, W) and its position encoding from a frame and its predicted masks."""
+    def encode_memory(self, features: FrameFeatures, high_res_masks: torch.Tensor, object_score_logits: torch.Tensor,
+                      binarize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Memory (B, mem_dim, 64, 64) and its position encoding (B, mem_dim, 64, 64) from a frame and its mask
+        logits (B, 1, S, S) (Meta's `_encode_new_memory`): the mask goes in as sigmoid(logits) (or logits > 0 with
+        binarize) * sigmoid_scale + sigmoid_bias; absent objects (score <= 0) get the "no object" embedding (2.1)."""
         if binarize:
             mask_for_mem = (high_res_masks > 0).float()
         else:

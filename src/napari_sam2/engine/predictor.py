@@ -25,7 +25,9 @@ def _as_array(value, name, dtype=np.float32):
 
 
 class ImagePredictor:
-    """Prompted segmentation of one image; the image embedding is computed once per image."""
+    """Prompted segmentation of one image (Meta's SAM2ImagePredictor); the image embedding is computed once per
+    image. Prompts are (x, y) = (column, row) in pixels of the image given to set_image. Bad arguments raise
+    InputError."""
 
     mask_threshold = 0.0
 
@@ -35,12 +37,14 @@ class ImagePredictor:
         self._orig_hw = None
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
+        """The model's device."""
         return self.model.device
 
     @torch.inference_mode()
     def set_image(self, image: np.ndarray) -> None:
-        """image: RGB uint8 array (H, W, 3) of any size."""
+        """image: RGB uint8 array (H, W, 3) of any size; resized to the model input and embedded. InputError for another
+        shape or dtype."""
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3:
             raise InputError(f"set_image needs an RGB image of shape (H, W, 3); got shape {image.shape}.")
@@ -53,8 +57,9 @@ class ImagePredictor:
         self.set_model_input(model_input(rgb01.to(self.device), self.model.image_size), image.shape[:2])
 
     @torch.inference_mode()
-    def set_model_input(self, model_input: torch.Tensor, original_size) -> None:
-        """A preprocessed (3, S, S) model input of an image whose original size is (H, W)."""
+    def set_model_input(self, model_input: torch.Tensor, original_size: tuple[int, int]) -> None:
+        """A preprocessed float32 (3, S, S) model input (preprocess.model_input) of an image whose original size is
+        (H, W) pixels."""
         with autocast(self.device):
             features = self.model.encode_image(model_input[None].to(self.device))
         self._features = {
@@ -64,6 +69,7 @@ class ImagePredictor:
         self._orig_hw = (int(original_size[0]), int(original_size[1]))
 
     def reset_image(self) -> None:
+        """Forget the image and its embedding."""
         self._features = None
         self._orig_hw = None
 
@@ -101,11 +107,15 @@ class ImagePredictor:
         return coords_t, labels_t, mask_t
 
     @torch.inference_mode()
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                multimask_output=True, return_logits=False):
-        """Masks (C, H, W), IoU predictions (C,) and low-res logits (C, 256, 256), C = 3 or 1.
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output: bool = True,
+                return_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks (C, H, W), IoU predictions (C,) and low-res logits (C, 256, 256), all float32 numpy, C = 3 with
+        multimask_output else 1 (Meta's `SAM2ImagePredictor.predict` for one image).
 
-        Coordinates are (x, y) in pixels of the image given to set_image; box is (x0, y0, x1, y1).
+        point_coords (N, 2) as (x, y) in pixels of the image given to set_image, point_labels (N,) 1 = positive,
+        0 = negative; box (x0, y0, x1, y1) in the same pixels; mask_input (1, 256, 256) low-res logits from an
+        earlier predict. Masks are 0 / 1 at the image's size (H, W), or logits with return_logits; low-res logits are
+        clamped to [-32, 32]. InputError with no image set or malformed prompts.
         """
         if self._features is None:
             raise InputError("No image set: call set_image(image) before predict().")

@@ -13,7 +13,11 @@ from .blocks import LayerNorm2d, PositionEmbeddingRandom
 
 
 class PromptEncoder(nn.Module):
-    def __init__(self, embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=16):
+    """image_embedding_size (h, w) of the image embedding grid; input_image_size (H, W) of the model input, pixels;
+    mask prompts are (B, 1, 4h, 4w) logits."""
+
+    def __init__(self, *, embed_dim: int, image_embedding_size: tuple[int, int], input_image_size: tuple[int, int],
+                 mask_in_chans: int):
         super().__init__()
         self.embed_dim = embed_dim
         self.image_embedding_size = tuple(image_embedding_size)

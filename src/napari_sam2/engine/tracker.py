@@ -22,13 +22,18 @@ Where it departs from Meta's implementation, on purpose:
 - All objects share one image-encoder pass per frame; memory attention, the mask decoder
   and the memory encoder run batched over objects whose memories have the same layout.
 - Small holes are filled everywhere (no CUDA extension needed).
+
+Where the parts live: per-object state in object_state.py, Meta's memory-bank rule in memory_bank.py, FrameResult in
+results.py, argument checks in validation.py; this module holds the calls and the frame-by-frame passes.
+
+Coordinates: prompts are (x, y) = (column, row) in pixels of the original frames, 0 at the left / top edge of the
+first pixel (as Meta's predictors take them); results are masks at the original size (H, W).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -37,131 +42,26 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .devices import autocast
 from .host_memory import map_large_buffers, outside_heap, release_freed_host_memory
-from .model import NO_OBJ_SCORE, DecoderOutput, FrameFeatures, Sam2Model
-from .postprocess import fill_holes, non_overlapping
-from .preprocess import model_coords
+from .memory_bank import AttendedMemory, gather_memory
+from .model import DecoderOutput, FrameFeatures, Sam2Model
+from .object_state import ObjectOutput, ObjectState
+from .postprocess import fill_holes
+from .results import FrameResult, frame_result
 from .spill_store import SpillStore
+from .validation import check_frame_index, check_obj_id, mask_prompt_to_model_space, prompt_to_model_space
 
-
-@dataclass
-class FrameResult:
-    """What the tracker hands out for one frame: all listed objects, in `obj_ids` order."""
-
-    frame_idx: int
-    obj_ids: list
-    mask_logits: torch.Tensor  # (n_obj, H, W) float32 at the frames' original size; mask = logits > 0
-    low_res_logits: torch.Tensor  # (n_obj, h, w) the model's 256x256 (for a 1024 model) logits
-    object_score_logits: torch.Tensor  # (n_obj,) > 0: the object is present
-    obj_ptrs: torch.Tensor  # (n_obj, C) object pointers (for diagnostics and tests)
-
-    def masks(self) -> np.ndarray:
-        """Boolean masks (n_obj, H, W)."""
-        return (self.mask_logits > 0).numpy()
-
-
-@dataclass
-class _Output:
-    """One object's output on one frame, as kept for memory."""
-
-    pred_masks: torch.Tensor  # (1, 1, h, w) low-res logits after hole filling
-    obj_ptr: torch.Tensor  # (1, C)
-    object_score_logits: torch.Tensor  # (1, 1)
-    maskmem: Optional[torch.Tensor] = None  # (1, mem_dim, 64, 64) bfloat16, None until encoded
-
-
-class _TrackedOutputs:
-    """One object's outputs on its tracked (non-conditioning) frames, all of them (Meta keeps them all): pointers
-    and object scores in memory, masks and memories in the tracker's SpillStore."""
-
-    def __init__(self, obj_id: int, store: SpillStore):
-        self._obj_id = obj_id
-        self._store = store
-        self._small: dict = {}  # frame -> (obj_ptr, object_score_logits)
-
-    def __contains__(self, frame_idx) -> bool:
-        return frame_idx in self._small
-
-    def __len__(self) -> int:
-        return len(self._small)
-
-    def frames(self) -> list:
-        return sorted(self._small)
-
-    def get(self, frame_idx) -> Optional[_Output]:
-        small = self._small.get(frame_idx)
-        if small is None:
-            return None
-        pred_masks, maskmem = self._store.get((self._obj_id, frame_idx))
-        return _Output(pred_masks, small[0], small[1], maskmem)
-
-    def pointer(self, frame_idx) -> Optional[torch.Tensor]:
-        small = self._small.get(frame_idx)
-        return None if small is None else small[0]
-
-    def put(self, frame_idx, out: _Output) -> None:
-        self._small[frame_idx] = (out.obj_ptr, out.object_score_logits)
-        self._store.put((self._obj_id, frame_idx), (out.pred_masks, out.maskmem))
-
-    def pop(self, frame_idx) -> None:
-        if self._small.pop(frame_idx, None) is not None:
-            self._store.pop((self._obj_id, frame_idx))
-
-    def clear(self) -> None:
-        for frame_idx in list(self._small):
-            self.pop(frame_idx)
-
-
-class _ObjectTrack:
-    def __init__(self, obj_id: int, store: SpillStore):
-        self.obj_id = obj_id
-        self.points: dict = {}  # frame -> (coords (1, N, 2) model px, labels (1, N))
-        self.cond: "OrderedDict[int, _Output]" = OrderedDict()
-        self.non_cond = _TrackedOutputs(obj_id, store)
-        self.temp_cond: "OrderedDict[int, _Output]" = OrderedDict()
-        self.temp_non_cond: "OrderedDict[int, _Output]" = OrderedDict()
-        self.tracked: dict = {}  # frame -> tracked in reverse?
-
-    def output_on(self, frame_idx):
-        return self.cond.get(frame_idx) or self.non_cond.get(frame_idx)
-
-    def prompted_frames(self) -> list:
-        """Frames with a conditioning output, consolidated or not."""
-        return sorted(set(self.cond) | set(self.temp_cond))
-
-
-def _select_cond_frames(frame_idx, cond: OrderedDict, max_cond):
-    """Conditioning frames used in attention: all, or the closest `max_cond` (>= 2) to frame_idx."""
-    if max_cond == -1 or len(cond) <= max_cond:
-        return cond, {}
-    selected = OrderedDict()
-    before = max((t for t in cond if t < frame_idx), default=None)
-    if before is not None:
-        selected[before] = cond[before]
-    after = min((t for t in cond if t >= frame_idx), default=None)
-    if after is not None:
-        selected[after] = cond[after]
-    rest = sorted((t for t in cond if t not in selected), key=lambda t: abs(t - frame_idx))
-    for t in rest[: max_cond - len(selected)]:
-        selected[t] = cond[t]
-    return selected, {t: v for t, v in cond.items() if t not in selected}
-
-
-@dataclass
-class _Memory:
-    tokens: torch.Tensor  # (1, M, mem_dim)
-    pos: torch.Tensor  # (1, M, mem_dim)
-    num_ptr_tokens: int
-
-    @property
-    def layout(self):
-        return (self.tokens.shape[1], self.num_ptr_tokens)
+__all__ = ["Tracker", "FrameResult"]
 
 
 class Tracker:
-    """Segment and track objects through `frames` from point / box / mask prompts.
+    """Segment and track objects through `frames` from point / box / mask prompts (Meta's SAM2VideoPredictor with
+    its inference state inside).
 
-    frames: any object with `len(frames)`, `frames.original_size` -> (H, W) and
-    `frames[i]` -> float32 tensor (3, S, S), the normalised model input of frame i.
+    model: a loaded Sam2Model (its device is the tracker's device).
+    frames: any object with `len(frames)` >= 1, `frames.original_size` -> (H, W) in pixels and `frames[i]` -> float32
+        tensor (3, S, S), S = model.image_size, the normalised model input of frame i (engine.preprocess.model_input).
+    Object ids are any integers; frame indices are 0 to len(frames) - 1. Every method raises InputError for a bad
+    argument (unknown object, frame outside the stack, malformed prompt).
     """
 
     def __init__(self, model: Sam2Model, frames, *, keep_frames: Optional[int] = 16,
@@ -191,7 +91,7 @@ class Tracker:
         self.device = model.device
         self.batch_objects = self.device.type != "cpu" if batch_objects is None else bool(batch_objects)
         self.storage_device = torch.device("cpu") if offload_memory_to_cpu else self.device
-        self._objects: "OrderedDict[int, _ObjectTrack]" = OrderedDict()
+        self._objects: "OrderedDict[int, ObjectState]" = OrderedDict()
         self._features: "OrderedDict[int, FrameFeatures]" = OrderedDict()
         self._maskmem_pos: Optional[torch.Tensor] = None
         self._spill = SpillStore(self.keep_frames, folder=memory_folder)
@@ -199,14 +99,15 @@ class Tracker:
 
     # ---- public API ----------------------------------------------------------------------
     @property
-    def obj_ids(self) -> list:
+    def obj_ids(self) -> list[int]:
+        """The objects' ids, in the order they were first prompted (the row order of every FrameResult)."""
         return list(self._objects)
 
-    def prompted_frames(self, obj_id: int) -> list:
+    def prompted_frames(self, obj_id: int) -> list[int]:
         """The frames where `obj_id` has prompts (its conditioning frames), in order."""
         return self._object(obj_id).prompted_frames()
 
-    def tracked_frames(self, obj_id: int) -> list:
+    def tracked_frames(self, obj_id: int) -> list[int]:
         """The frames where `obj_id` has a tracked (non-conditioning) output, in order."""
         return self._object(obj_id).non_cond.frames()
 
@@ -222,6 +123,7 @@ class Tracker:
         self._spill.close()
 
     def remove_object(self, obj_id: int) -> None:
+        """Forget one object, its prompts and memories; InputError if there is no such object."""
         if obj_id not in self._objects:
             raise InputError(f"There is no object {obj_id} to remove (objects: {self.obj_ids}).")
         self._objects.pop(obj_id).non_cond.clear()
@@ -230,9 +132,13 @@ class Tracker:
     @torch.no_grad()
     def add_prompt(self, frame_idx: int, obj_id: int, points=None, labels=None, box=None,
                    clear_old_points: bool = True) -> FrameResult:
-        """Add clicks and/or a box for one object on one frame; returns that frame's result for
-        every object known so far. points (N, 2) as (x, y) and box (x0, y0, x1, y1) in
-        original-size pixels; labels 1 = positive, 0 = negative."""
+        """Add clicks and/or a box for one object on one frame (Meta's `add_new_points_or_box`); returns that
+        frame's result for every object known so far.
+
+        points (N, 2) as (x, y) and box (x0, y0, x1, y1) in original-size pixels; labels (N,) 1 = positive,
+        0 = negative. On a frame the object was never tracked on, the frame becomes a conditioning frame; on a
+        tracked frame the prompt is a correction decoded with the frame's memory and earlier mask.
+        clear_old_points=False adds the clicks to the frame's earlier ones (not with a box)."""
         frame_idx = self._check_frame(frame_idx)
         coords, point_labels = self._prompt_to_model_space(points, labels, box)
         obj = self._object(obj_id, create=True)
@@ -261,16 +167,10 @@ class Tracker:
 
     @torch.no_grad()
     def add_mask(self, frame_idx: int, obj_id: int, mask) -> FrameResult:
-        """Prompt one object with a whole mask (H, W) at the frames' original size."""
+        """Prompt one object with a whole mask (H, W) at the frames' original size, nonzero = object (Meta's
+        `add_new_mask`): the mask itself becomes the output; returns that frame's result for every object."""
         frame_idx = self._check_frame(frame_idx)
-        mask = torch.as_tensor(np.asarray(mask), device=self.device)
-        if tuple(mask.shape) != self.video_hw:
-            raise InputError(f"The mask prompt has shape {tuple(mask.shape)}, the frames are {self.video_hw}.")
-        mask = mask.bool()[None, None].float()
-        size = self.model.image_size
-        if tuple(mask.shape[-2:]) != (size, size):
-            mask = F.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-            mask = (mask >= 0.5).float()
+        mask = mask_prompt_to_model_space(mask, self.video_hw, self.model.image_size, self.device)
         obj = self._object(obj_id, create=True)
         obj.points.pop(frame_idx, None)
         is_init = frame_idx not in obj.tracked
@@ -303,14 +203,13 @@ class Tracker:
         out = obj.temp_cond[frame_idx] = self._compact(out, 0)
         return self._result(frame_idx, [obj.obj_id], [out])
 
-    def result_on(self, frame_idx: int, obj_ids=None) -> FrameResult:
+    def result_on(self, frame_idx: int, obj_ids: Optional[Iterable[int]] = None) -> FrameResult:
         """The latest output of each object of `obj_ids` (default: all) on a frame, as they stand
         (prompted, corrected or tracked); NO_OBJ_SCORE logits where an object has none. Computes
         nothing."""
         frame_idx = self._check_frame(frame_idx)
         objects = self._selected(obj_ids)
-        outs = [obj.temp_cond.get(frame_idx) or obj.temp_non_cond.get(frame_idx) or obj.output_on(frame_idx)
-                for obj in objects]
+        outs = [obj.latest_output_on(frame_idx) for obj in objects]
         return self._result(frame_idx, [obj.obj_id for obj in objects], outs)
 
     def clear_prompt(self, frame_idx: int, obj_id: int) -> None:
@@ -324,7 +223,7 @@ class Tracker:
         if not obj.prompted_frames():
             self.remove_object(obj.obj_id)
 
-    def clear_tracking(self, obj_ids=None) -> None:
+    def clear_tracking(self, obj_ids: Optional[Iterable[int]] = None) -> None:
         """Forget what these objects (default: all) tracked: every non-conditioning output and
         correction not yet propagated. Their prompts stay."""
         for obj in self._selected(obj_ids):
@@ -333,7 +232,8 @@ class Tracker:
             obj.tracked.clear()
 
     def propagate_from_prompts(self, direction: str = "both", first_frame: Optional[int] = None,
-                               last_frame: Optional[int] = None, obj_ids=None) -> Iterator[FrameResult]:
+                               last_frame: Optional[int] = None,
+                               obj_ids: Optional[Iterable[int]] = None) -> Iterator[FrameResult]:
         """Track objects (default: all) outward from their own prompted frames, after forgetting
         what they tracked before: the same prompts always give the same masks.
 
@@ -377,8 +277,10 @@ class Tracker:
                 yield self._propagate_frame(frame_idx, active, reverse, with_others=True)
 
     # ---- Meta's propagation calls -----------------------------------------------------------
-    def propagate(self, start_frame_idx=None, max_frame_num_to_track=None, reverse=False) -> Iterator[FrameResult]:
-        """Track every object frame by frame, yielding each frame's result as it is ready.
+    def propagate(self, start_frame_idx: Optional[int] = None, max_frame_num_to_track: Optional[int] = None,
+                  reverse: bool = False) -> Iterator[FrameResult]:
+        """Track every object frame by frame (Meta's `propagate_in_video`), yielding each frame's result as it is
+        ready; prompts added since the last pass are consolidated first (InputError if an object has none).
 
         Default start: the earliest conditioning frame of any object; default length: to the
         end (or the start) of the stack. Conditioning frames are yielded, not recomputed."""
@@ -387,15 +289,16 @@ class Tracker:
         for frame_idx in order:
             yield self._propagate_frame(frame_idx, list(self._objects.values()), reverse)
 
-    def propagate_both(self, start_frame_idx=None, max_frame_num_to_track=None) -> Iterator[FrameResult]:
+    def propagate_both(self, start_frame_idx: Optional[int] = None,
+                       max_frame_num_to_track: Optional[int] = None) -> Iterator[FrameResult]:
         """Forward from the first prompted frame to the end, then backward from it to the start."""
         self._consolidate_prompts()
         start = self._default_start() if start_frame_idx is None else self._check_frame(start_frame_idx)
         yield from self.propagate(start, max_frame_num_to_track, reverse=False)
         yield from self.propagate(start, max_frame_num_to_track, reverse=True)
 
-    def repropagate(self, frame_idx=None, obj_ids=None, stop_iou: Optional[float] = 0.97,
-                    patience: int = 3) -> Iterator[FrameResult]:
+    def repropagate(self, frame_idx: Optional[int | Iterable[int]] = None, obj_ids: Optional[Iterable[int]] = None,
+                    stop_iou: Optional[float] = 0.97, patience: int = 3) -> Iterator[FrameResult]:
         """Make corrections stick: on each frame of `frame_idx` (one frame, several, or None for
         every frame with a prompt or correction not yet propagated), every object corrected or
         prompted there since the last pass (or each object of `obj_ids` with a prompt there)
@@ -506,48 +409,9 @@ class Tracker:
         mem = self._memory(obj, frame_idx, reverse)
         return self.model.condition_on_memory(features, mem.tokens, mem.pos, mem.num_ptr_tokens)
 
-    def _memory(self, obj: _ObjectTrack, frame_idx, reverse) -> _Memory:
-        """The memory bank one object attends to on one frame (Meta's selection rules)."""
-        cfg = self.model.config
-        if not obj.cond:
-            raise InputError(f"Object {obj.obj_id} has no prompt yet: add points or a box for it first.")
-        selected, unselected = _select_cond_frames(frame_idx, obj.cond, cfg.max_cond_frames_in_attn)
-        entries = [(0, out) for out in selected.values()]
-        for t_pos in range(1, cfg.num_maskmem):
-            t_rel = cfg.num_maskmem - t_pos
-            prev = frame_idx + t_rel if reverse else frame_idx - t_rel
-            entries.append((t_pos, obj.non_cond.get(prev) or unselected.get(prev)))
-        tokens, pos = [], []
-        for t_pos, out in entries:
-            if out is None:
-                continue
-            tokens.append(out.maskmem.to(self.device).float().flatten(2).transpose(1, 2))
-            pos.append(self.model.memory_frame_pos(self._maskmem_pos, t_pos))
-
-        max_ptrs = min(self.num_frames, cfg.max_obj_ptrs_in_encoder)
-        sign = -1 if reverse else 1
-        ptr_cond = {t: out for t, out in selected.items() if (t >= frame_idx if reverse else t <= frame_idx)}
-        t_diffs, ptrs = [], []
-        for t, out in ptr_cond.items():
-            t_diffs.append((frame_idx - t) * sign if cfg.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t))
-            ptrs.append(out.obj_ptr)
-        for t_diff in range(1, max_ptrs):
-            t = frame_idx + t_diff if reverse else frame_idx - t_diff
-            if t < 0 or t >= self.num_frames:
-                break
-            ptr = obj.non_cond.pointer(t)
-            if ptr is None and t in unselected:
-                ptr = unselected[t].obj_ptr
-            if ptr is not None:
-                t_diffs.append(t_diff)
-                ptrs.append(ptr)
-        num_ptr_tokens = 0
-        if ptrs:
-            ptr_tokens, ptr_pos = self.model.pointer_tokens(torch.stack([p.to(self.device) for p in ptrs]), t_diffs, max_ptrs)
-            tokens.append(ptr_tokens)
-            pos.append(ptr_pos)
-            num_ptr_tokens = ptr_tokens.shape[1]
-        return _Memory(torch.cat(tokens, dim=1), torch.cat(pos, dim=1), num_ptr_tokens)
+    def _memory(self, obj: ObjectState, frame_idx, reverse) -> AttendedMemory:
+        """The memory bank one object attends to on one frame (Meta's rule: memory_bank.gather_memory)."""
+        return gather_memory(self.model, obj, frame_idx, reverse, self.num_frames, self._maskmem_pos, self.device)
 
     def _use_multimask(self, num_points: int) -> bool:
         # Meta also multimasks on tracked frames (multimask_output_for_tracking): only the click count matters
@@ -576,7 +440,7 @@ class Tracker:
             for frame_idx in obj.cond:
                 obj.non_cond.pop(frame_idx)
 
-    def _encode_prompted_memory(self, frame_idx, out: _Output) -> torch.Tensor:
+    def _encode_prompted_memory(self, frame_idx, out: ObjectOutput) -> torch.Tensor:
         features = self._frame_features(frame_idx)
         size = self.model.image_size
         high_res = F.interpolate(out.pred_masks.to(self.device), size=(size, size), mode="bilinear", align_corners=False)
@@ -592,10 +456,10 @@ class Tracker:
             self._maskmem_pos = pos[:1].float().clone()
 
     # ---- results -------------------------------------------------------------------------
-    def _compact(self, out: DecoderOutput, i: int) -> _Output:
+    def _compact(self, out: DecoderOutput, i: int) -> ObjectOutput:
         pred = fill_holes(out.low_res[i : i + 1].float(), self.fill_hole_area)
-        return _Output(self._store(pred), self._store(out.obj_ptr[i : i + 1].float()),
-                       self._store(out.object_score_logits[i : i + 1].float()))
+        return ObjectOutput(self._store(pred), self._store(out.obj_ptr[i : i + 1].float()),
+                            self._store(out.object_score_logits[i : i + 1].float()))
 
     def _consolidated_result(self, frame_idx, is_cond) -> FrameResult:
         """Every object's latest output on a frame (Meta's consolidation), empty where it has none."""
@@ -606,22 +470,8 @@ class Tracker:
         return self._result(frame_idx, self.obj_ids, outs)
 
     def _result(self, frame_idx, obj_ids, outs) -> FrameResult:
-        h, w = self._low_res_hw()
-        n = len(outs)
-        low_res = torch.full((n, 1, h, w), NO_OBJ_SCORE, dtype=torch.float32)
-        scores = torch.full((n,), NO_OBJ_SCORE, dtype=torch.float32)
-        ptrs = torch.zeros((n, self.model.config.d_model), dtype=torch.float32)
-        for i, out in enumerate(outs):
-            if out is not None:
-                low_res[i] = out.pred_masks[0].float().cpu()
-                scores[i] = out.object_score_logits.reshape(()).float().cpu()
-                ptrs[i] = out.obj_ptr[0].float().cpu()
-        video = F.interpolate(low_res.to(self.device), size=self.video_hw, mode="bilinear", align_corners=False)
-        if self.non_overlap_masks:
-            video = non_overlapping(video)
-        # the caller holds a result while the next frame is computed: keep it out of that frame's heap
-        return FrameResult(frame_idx, list(obj_ids), outside_heap(video[:, 0].cpu()), outside_heap(low_res[:, 0]),
-                           scores, ptrs)
+        return frame_result(frame_idx, obj_ids, outs, low_res_hw=self._low_res_hw(), ptr_dim=self.model.config.d_model,
+                            video_hw=self.video_hw, device=self.device, non_overlap_masks=self.non_overlap_masks)
 
     def _low_res_hw(self):
         size = self.model.sam_prompt_encoder.mask_input_size
@@ -651,14 +501,12 @@ class Tracker:
             self._features.popitem(last=False)
         return features
 
-    def _object(self, obj_id, create=False) -> _ObjectTrack:
-        if isinstance(obj_id, bool) or not isinstance(obj_id, (int, np.integer)):
-            raise InputError(f"Object ids are integers; got {obj_id!r}.")
-        obj_id = int(obj_id)
+    def _object(self, obj_id, create=False) -> ObjectState:
+        obj_id = check_obj_id(obj_id)
         if obj_id not in self._objects:
             if not create:
                 raise InputError(f"There is no object {obj_id}.")
-            self._objects[obj_id] = _ObjectTrack(obj_id, self._spill)
+            self._objects[obj_id] = ObjectState(obj_id, self._spill)
             self._resize_store()
         return self._objects[obj_id]
 
@@ -675,38 +523,11 @@ class Tracker:
             self._spill.capacity = self.keep_frames * max(1, len(self._objects))
 
     def _check_frame(self, frame_idx) -> int:
-        if isinstance(frame_idx, bool) or not isinstance(frame_idx, (int, np.integer)):
-            raise InputError(f"Frame indices are integers; got {frame_idx!r}.")
-        if not 0 <= frame_idx < self.num_frames:
-            raise InputError(f"Frame {frame_idx} is outside the stack (frames 0 to {self.num_frames - 1}).")
-        return int(frame_idx)
+        return check_frame_index(frame_idx, self.num_frames)
 
     def _prompt_to_model_space(self, points, labels, box):
-        if points is None and box is None:
-            raise InputError("Give points (with labels) or a box for the prompt.")
-        if (points is None) != (labels is None):
-            raise InputError("Points need labels, one per point (1 = positive, 0 = negative).")
-        h, w = self.video_hw
-        coords = torch.zeros(0, 2)
-        point_labels = torch.zeros(0, dtype=torch.int32)
-        if points is not None:
-            coords = _float_array(points, "points").reshape(-1, 2)
-            point_labels = torch.as_tensor(np.asarray(labels, dtype=np.int64).reshape(-1), dtype=torch.int32)
-            if len(coords) != len(point_labels):
-                raise InputError(f"{len(coords)} points but {len(point_labels)} labels: give one label per point.")
-            if not torch.isin(point_labels, torch.tensor([0, 1], dtype=torch.int32)).all():
-                raise InputError("Point labels must be 1 (positive) or 0 (negative).")
-            _check_inside(coords, h, w, "point")
-        if box is not None:
-            corners = _float_array(box, "box").reshape(-1)
-            if corners.numel() != 4:
-                raise InputError("A box is (x0, y0, x1, y1).")
-            corners = corners.reshape(2, 2)
-            _check_inside(corners, h, w, "box corner")
-            coords = torch.cat([corners, coords])
-            point_labels = torch.cat([torch.tensor([2, 3], dtype=torch.int32), point_labels])
-        coords = model_coords(coords, (h, w), self.model.image_size)
-        return coords[None].to(self.device), point_labels[None].to(self.device)
+        coords, point_labels = prompt_to_model_space(points, labels, box, self.video_hw, self.model.image_size)
+        return coords.to(self.device), point_labels.to(self.device)
 
     def _default_start(self):
         return min(t for obj in self._objects.values() for t in obj.cond)
@@ -719,23 +540,6 @@ class Tracker:
             return range(start, end - 1, -1) if start > 0 else range(0)
         end = min(start + max_frames, self.num_frames - 1)
         return range(start, end + 1)
-
-
-def _float_array(value, name) -> torch.Tensor:
-    try:
-        arr = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise InputError(f"The {name} must be numbers; got {value!r}.") from None
-    if not np.isfinite(arr).all():
-        raise InputError(f"The {name} contain NaN or infinite values.")
-    return torch.from_numpy(arr.copy())
-
-
-def _check_inside(coords: torch.Tensor, h, w, what):
-    outside = (coords[:, 0] < 0) | (coords[:, 0] > w) | (coords[:, 1] < 0) | (coords[:, 1] > h)
-    if outside.any():
-        x, y = coords[outside][0].tolist()
-        raise InputError(f"A {what} at (x={x:g}, y={y:g}) lies outside the {w} x {h} (width x height) frames.")
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
