@@ -140,7 +140,7 @@ def test_label_values_are_the_object_ids_exactly_up_to_the_int32_maximum(stack, 
     assert labels.dtype == np.int32 and set(np.unique(labels)) == {0, 300, largest}
     np.testing.assert_array_equal(labels, np.select([two_objects == 1, two_objects == 2], [300, largest], 0))
 
-    image = stack[FRAME]  # clicks[1] first: its mask lies within that of clicks[0], which keeps only the rest
+    image = stack[FRAME]  # two objects on one image: the same ids, the same contested pixels whatever the id values
     small = segment_image(image, [Prompt(0, 1, [clicks[1]]), Prompt(0, 2, [clicks[0]])], model=fast_model)
     large = segment_image(image, [Prompt(0, 256, [clicks[1]]), Prompt(0, largest, [clicks[0]])], model=fast_model)
     assert large.dtype == np.int32 and set(np.unique(small)) == {0, 1, 2}

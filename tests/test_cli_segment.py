@@ -286,10 +286,10 @@ def test_a_2d_tiff_among_stacks_is_a_stack_of_one_frame(tmp_path, stack, prompts
 
 def _failing_first_run(monkeypatch, error):
     """stream_stack as file_segmentation calls it, with the first run failing with ``error`` after its first frame."""
+    from napari_sam2 import api
     from napari_sam2.api import Propagation
-    from napari_sam2.cli import file_segmentation
 
-    real = file_segmentation.stream_stack
+    real = api.stream_stack
     calls = []
 
     def stream(*args, **kwargs):
@@ -307,7 +307,7 @@ def _failing_first_run(monkeypatch, error):
 
         return Propagation(results(), run.total, run.n_frames, run.frame_size)
 
-    monkeypatch.setattr(file_segmentation, "stream_stack", stream)
+    monkeypatch.setattr(api, "stream_stack", stream)  # file_segmentation imports it when a stack's turn comes
 
 
 def _failing_tracking(monkeypatch, error):

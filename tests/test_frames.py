@@ -7,14 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.core.frames import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MAX_PERCENTILE_SAMPLES,
-    StackFrames,
-    model_input_from_rgb,
-)
+from napari_sam2.core.frames import MAX_PERCENTILE_SAMPLES, StackFrames, model_input_from_rgb
 from napari_sam2.core.prefetch import PrefetchCache
+from napari_sam2.engine.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from napari_sam2.errors import InputError, SaturationWarning
 
 SIZE = 32  # small model size keeps every test fast; the maths does not depend on it

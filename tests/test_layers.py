@@ -20,7 +20,7 @@ from napari_sam2._napari.stack_plane import (
     frame_axis_choices,
     stack_plane,
 )
-from napari_sam2.core.frame_labels import FrameLabels, first_come_keeps, highest_logit_wins
+from napari_sam2.core.frame_labels import FrameLabels, highest_logit_wins
 from napari_sam2.core.prompts import Prompt, check_prompts_fit, engine_prompt, group_prompts, rowcol_to_xy
 from napari_sam2.errors import InputError
 
@@ -317,8 +317,6 @@ def test_removing_an_object_clears_it_on_every_slice_in_one_undo_step():
     assert (labels.data == 4).sum() == 3 * 8
 
 
-def test_non_overlap_rules():
+def test_non_overlap_rule():
     logits = np.array([[[2.0, -1.0, 3.0]], [[1.0, 4.0, 5.0]]])
     assert highest_logit_wins(logits).tolist() == [[[True, False, False]], [[False, True, True]]]
-    masks = np.array([[[1, 1, 0]], [[1, 1, 1]]], bool)
-    assert first_come_keeps(masks).tolist() == [[[True, True, False]], [[False, False, True]]]

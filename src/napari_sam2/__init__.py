@@ -1,7 +1,10 @@
 """napari-sam2: SAM2 / SAM2.1 for napari, scripts and the command line.
 
     from napari_sam2 import Prompt, segment_stack
-    labels = segment_stack(stack, [Prompt(frame=12, obj_id=1, points=[(140, 96)])])
+    from napari_sam2.io.sample_data import make_nuclei_stack
+
+    stack, truth = make_nuclei_stack()  # (24, 192, 256) synthetic nuclei
+    labels = segment_stack(stack, [Prompt(frame=12, obj_id=1, points=[(84, 153)])])  # (row, col) on a nucleus
 """
 
 from .errors import CheckpointError, DeviceError, InputError, Sam2Error

@@ -12,21 +12,19 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .core.channels import RGBA_SAMPLES, default_channels
 from .core.frame_labels import LABEL_DTYPE, FrameLabels, check_ids_fit
 from .core.frames import StackFrames
 from .core.image_segmenter import ImageSegmenter
 from .core.prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
 from .core.tracking import DIRECTIONS, Propagation, TrackingSession
 from .errors import InputError
-from .models.loaded import DEFAULT_MODEL, clear_model_cache, get_model
+from .models.loaded import DEFAULT_MODEL, clear_model_cache, get_model, preprocessing_for
 
 __all__ = [
     "DEFAULT_MODEL", "DIRECTIONS", "FrameLabels", "Prompt", "Propagation", "TrackingSession",
     "clear_model_cache", "get_model", "segment_image", "segment_stack", "stream_stack",
 ]
-
-# A last axis this short is taken for colour channels (RGB / RGBA) rather than for a stack of images.
-MAX_IMPLICIT_CHANNELS = 4
 
 
 def segment_image(
@@ -37,15 +35,18 @@ def segment_image(
     channel_axis: int | None = None,
     channels: Sequence[int] | None = None,
     intensity_range=None,
+    preprocessing=None,
 ) -> np.ndarray:
     """Segment one 2D image: (H, W) grey, or (H, W, C) with channels last (or on ``channel_axis``).
 
-    Any numeric dtype; intensities are scaled as for stacks (0.5 and 99.5 percentiles, or ``intensity_range``).
+    Any numeric dtype; intensities are scaled as for stacks (the model's percentiles, 0.5 and 99.5 for SAM2, or
+    ``intensity_range``). ``preprocessing``: as in :func:`stream_stack`.
     Every prompt has ``frame=0``. Returns an (H, W) int32 label image, label value = obj_id.
 
-    Overlaps: objects are segmented independently; where two masks claim a pixel, the object whose prompt comes
-    first in ``prompts`` keeps it (a later object never overwrites an earlier one).
+    Overlaps: objects are segmented independently; where two masks claim a pixel, the object with the highest mask
+    logit there gets it, as in :func:`segment_stack` (SAM2's rule for several objects).
     """
+    profile = preprocessing_for(model, preprocessing)
     frames = _image_as_one_frame(image, channel_axis, channels, intensity_range, image_size=1)
     prompts = prompt_list(prompts)
     for prompt in prompts:
@@ -59,7 +60,9 @@ def segment_image(
     grouped = group_prompts(prompts, frames.original_size)
 
     loaded = get_model(model, device)
-    frames = _image_as_one_frame(image, channel_axis, channels, intensity_range, image_size=loaded.image_size)
+    frames = _image_as_one_frame(
+        image, channel_axis, channels, intensity_range, image_size=loaded.image_size, preprocessing=profile
+    )
     segmenter = ImageSegmenter(loaded)
     segmenter.set_frame(frames, 0)
     return segmenter.segment(grouped).labels
@@ -77,6 +80,7 @@ def stream_stack(
     intensity_range=None,
     fixed_indices=None,
     frame_range: tuple[int, int] | None = None,
+    preprocessing=None,
 ) -> Propagation:
     """Segment and track the prompted objects through ``stack`` along ``axis``, one frame at a time.
 
@@ -96,6 +100,9 @@ def stream_stack(
     - ``fixed_indices``: ``{axis: index}`` for stacks with more axes, e.g. ``{1: 5}`` to track (t, z, y, x) along
       t at z = 5. ``channel_axis`` / ``channels``: colour channels (up to 3 shown to SAM2 as RGB).
     - Masks of different objects never overlap: the object with the highest logit gets a contested pixel.
+    - ``preprocessing``: how frames become model inputs (a ``napari_sam2.engine.preprocess.Preprocessing`` or a
+      profile name, "sam2" or "micro_sam"). By default the registry's profile when ``model`` is a registry name
+      (micro-sam's "hvit_t_cells": 2-98 percentiles, longest side resized and zero-padded), else SAM2's.
     """
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}.")
@@ -108,7 +115,7 @@ def stream_stack(
     prompts = prompt_list(prompts)
     check_prompts_fit(prompts, len(probe), probe.original_size)
 
-    session = TrackingSession(stack, model=model, device=device, **frame_options)
+    session = TrackingSession(stack, model=model, device=device, preprocessing=preprocessing, **frame_options)
     try:
         session.add_prompts(prompts)
         run = session.propagate(direction, frame_range)
@@ -138,6 +145,7 @@ def segment_stack(
     intensity_range=None,
     fixed_indices=None,
     frame_range: tuple[int, int] | None = None,
+    preprocessing=None,
 ) -> np.ndarray:
     """Segment and track the prompted objects through ``stack``; returns an (N, H, W) int32 label array.
 
@@ -151,6 +159,7 @@ def segment_stack(
     run = stream_stack(
         stack, prompts, axis=axis, model=model, device=device, direction=direction, channel_axis=channel_axis,
         channels=channels, intensity_range=intensity_range, fixed_indices=fixed_indices, frame_range=frame_range,
+        preprocessing=preprocessing,
     )
     labels = np.zeros((run.n_frames, *run.frame_size), LABEL_DTYPE)
     done: set[int] = set()
@@ -162,19 +171,21 @@ def segment_stack(
     return labels
 
 
-def _image_as_one_frame(image, channel_axis, channels, intensity_range, image_size: int) -> StackFrames:
+def _image_as_one_frame(
+    image, channel_axis, channels, intensity_range, image_size: int, preprocessing=None
+) -> StackFrames:
     """A single 2D image (grey or with channels) as a one-frame StackFrames."""
     array = np.asarray(image) if not hasattr(image, "shape") else image
     ndim = len(array.shape)
     if ndim == 3 and channel_axis is None:
-        if array.shape[-1] > MAX_IMPLICIT_CHANNELS:
+        if array.shape[-1] > RGBA_SAMPLES:  # a last axis up to this long holds colours; a longer one, images
             raise InputError(
                 f"The image has shape {tuple(array.shape)}: this looks like a stack of {array.shape[0]} images, "
                 f"not one image with channels. Use segment_stack, or give channel_axis= if an axis holds channels."
             )
         channel_axis = -1
-        if channels is None and array.shape[-1] == 4:
-            channels = (0, 1, 2)  # RGBA: the alpha channel is not part of the picture
+        if channels is None:
+            channels = default_channels(array.shape[-1], samples=True)  # RGBA: alpha is not part of the picture
     if ndim not in (2, 3) or (ndim == 2 and channel_axis is not None):
         raise InputError(
             f"segment_image needs one 2D image, (H, W) or (H, W, channels); got shape {tuple(array.shape)}. "
@@ -184,7 +195,7 @@ def _image_as_one_frame(image, channel_axis, channels, intensity_range, image_si
         channel_axis = _axis_in(channel_axis, ndim) + 1  # the added frame axis comes first
     return StackFrames(
         array[None], axis=0, channel_axis=channel_axis, channels=channels, intensity_range=intensity_range,
-        image_size=image_size, prefetch=0,
+        image_size=image_size, prefetch=0, preprocessing=preprocessing,
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.prompts import Prompt
+from ..core.prompts import Prompt, object_id
 from ..errors import InputError
 from .stack_plane import StackPlane
 
@@ -78,7 +78,7 @@ def _add_points(found: LayerPrompts, image_layer, plane: StackPlane, layer) -> N
             found.off_plane += 1
             continue
         label = 1 if bool(is_positive) else 0
-        found.prompts.append(Prompt(frame, _obj_id(obj_id), points=[plane.row_col(position)], labels=[label]))
+        found.prompts.append(Prompt(frame, object_id(obj_id), points=[plane.row_col(position)], labels=[label]))
 
 
 def _add_boxes(found: LayerPrompts, image_layer, plane: StackPlane, layer) -> None:
@@ -94,11 +94,4 @@ def _add_boxes(found: LayerPrompts, image_layer, plane: StackPlane, layer) -> No
             continue
         rows_cols = np.array([plane.row_col(corner) for corner in corners])
         (row0, col0), (row1, col1) = rows_cols.min(axis=0), rows_cols.max(axis=0)
-        found.prompts.append(Prompt(frames.pop(), _obj_id(obj_id), box=(row0, col0, row1, col1)))
-
-
-def _obj_id(value):
-    # pandas may hand back floats for an integer column that once held a missing value
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return int(value)
-    return value
+        found.prompts.append(Prompt(frames.pop(), object_id(obj_id), box=(row0, col0, row1, col1)))

@@ -8,17 +8,14 @@ axis, which napari splits into one layer per channel, nor RGB samples).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from ..io.tiff import physical_scale, read_tiff
-
-TIFF_SUFFIXES = (".tif", ".tiff")  # also covers .ome.tif and .ome.tiff
+from ..io.tiff import is_tiff, physical_scale, read_tiff, tiff_stem
 
 
 def get_reader(path):
     """The reader function when ``path`` is one TIFF file (or a list holding one), else None."""
     single = _single_path(path)
-    if single is None or not single.lower().endswith(TIFF_SUFFIXES):
+    if single is None or not is_tiff(single):
         return None
     return read_tiff_layers
 
@@ -53,11 +50,7 @@ def read_tiff_layers(path) -> list[tuple]:
 
 def layer_name(path) -> str:
     """File name without its TIFF / OME-TIFF extension."""
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem
+    return tiff_stem(path)
 
 
 def _single_path(path) -> str | None:

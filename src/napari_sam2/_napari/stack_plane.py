@@ -7,15 +7,13 @@ Free of Qt; it reads only the layer's shape, rgb flag, axis labels and metadata.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.axes import CHANNEL_LETTERS, FRAME_LETTER_PREFERENCE, AxisRoles, axis_letter
+from ..core.channels import MAX_SHOWN_CHANNELS, default_channels
 from ..errors import InputError
-
-CHANNEL_LETTERS = ("c",)
-# Preferred axes to propagate along, in order: through a 3D object first, then through time.
-FRAME_LETTER_PREFERENCE = ("z", "t")
 
 
 def layer_array(layer):
@@ -32,7 +30,7 @@ def axis_letters(layer) -> tuple[str, ...]:
     ndim = layer.ndim
     labels = tuple(str(label) for label in getattr(layer, "axis_labels", ()) or ())
     if len(labels) == ndim and not all(_is_default_label(label) for label in labels):
-        return tuple(_label_letter(label) for label in labels)
+        return tuple(axis_letter(label).lower() for label in labels)
     metadata = getattr(layer, "metadata", {}) or {}
     for key in ("layer_axes", "axes"):
         letters = metadata.get(key)
@@ -45,7 +43,7 @@ def channel_axis_of(layer) -> int | None:
     """The layer dim holding channels (a "c" axis among the non-image dims), or None."""
     letters = axis_letters(layer)
     for axis in range(layer.ndim - 2):
-        if letters[axis] in CHANNEL_LETTERS:
+        if letters[axis] and letters[axis].upper() in CHANNEL_LETTERS:
             return axis
     return None
 
@@ -62,7 +60,7 @@ def default_frame_axis(layer) -> int | None:
     letters = axis_letters(layer)
     for letter in FRAME_LETTER_PREFERENCE:
         for axis in choices:
-            if letters[axis] == letter:
+            if letters[axis].upper() == letter:
                 return axis
     return choices[0] if choices else None
 
@@ -77,40 +75,33 @@ def channel_options(layer) -> list[tuple[str, tuple[int, ...] | None]]:
     data = layer_array(layer)
     if getattr(layer, "rgb", False):
         n = data.shape[-1]
-        options = [("RGB", (0, 1, 2) if n == 4 else None)]
+        options = [("RGB", default_channels(n, samples=True))]
         return options + [(name, (i,)) for i, name in enumerate(("red", "green", "blue")[:n])]
     channel_axis = channel_axis_of(layer)
     if channel_axis is None:
         return []
     n = data.shape[channel_axis]
-    options = [(f"channels 0-{n - 1} as RGB", None)] if n <= 3 else []
+    options = [(f"channels 0-{n - 1} as RGB", None)] if n <= MAX_SHOWN_CHANNELS else []
     return options + [(f"channel {i}", (i,)) for i in range(n)]
 
 
 @dataclass(frozen=True)
-class StackPlane:
-    """How one image layer becomes a stack of frames, and where a frame of it sits in layers of the same dims.
+class StackPlane(AxisRoles):
+    """How one image layer becomes a stack of frames (its :class:`AxisRoles`), and where a frame of it sits in
+    layers of the same dims.
 
-    ``frame_axis`` None means a 2D image (one frame). Axes are layer dims; ``channel_axis`` is the axis of the
-    layer's *data* holding channels (the last one for RGB), ``broadcast_axes`` the layer dims a label result is
-    written across (a channel dim).
+    ``shape`` is the layer's dims (without RGB samples); ``frame_axis`` None means a 2D image (one frame);
+    ``fixed`` holds the other non-image dims at the viewer's position. ``channel_axis`` is the axis of the layer's
+    *data* holding channels: a layer dim, or for an RGB layer its samples axis (one past the dims). A label result
+    is written across a channel dim (``broadcast_axes``). ``channels``: the channels SAM2 is shown.
     """
 
-    shape: tuple[int, ...]  # the layer's dims (without RGB samples)
-    frame_axis: int | None
-    fixed: tuple[tuple[int, int], ...]  # (axis, index) of the other non-image dims
-    spatial_axes: tuple[int, int]
-    channel_axis: int | None = None
-    channels: tuple[int, ...] | None = None
-    broadcast_axes: tuple[int, ...] = ()
+    channels: tuple[int, ...] | None = field(default=None, kw_only=True)
 
     @property
-    def n_frames(self) -> int:
-        return 1 if self.frame_axis is None else self.shape[self.frame_axis]
-
-    @property
-    def frame_size(self) -> tuple[int, int]:
-        return self.shape[self.spatial_axes[0]], self.shape[self.spatial_axes[1]]
+    def broadcast_axes(self) -> tuple[int, ...]:
+        """The layer dims a label result is written across: a channel dim (not an RGB layer's samples)."""
+        return (self.channel_axis,) if self.channel_axis is not None and self.channel_axis < len(self.shape) else ()
 
     def stack_arguments(self, data) -> dict:
         """Keyword arguments of TrackingSession / StackFrames for the layer's data."""
@@ -134,17 +125,9 @@ class StackPlane:
     def row_col(self, position) -> tuple[float, float]:
         return float(position[self.spatial_axes[0]]), float(position[self.spatial_axes[1]])
 
-    def frame_index(self, frame: int) -> tuple:
-        """Basic index of one frame's (H, W) plane in an array of the layer's dims (first position of broadcast
-        dims)."""
-        index: list = [slice(None)] * len(self.shape)
-        if self.frame_axis is not None:
-            index[self.frame_axis] = frame
-        for axis, position in self.fixed:
-            index[axis] = position
-        for axis in self.broadcast_axes:
-            index[axis] = 0
-        return tuple(index)
+    def frame_index(self, frame: int, channel=0) -> tuple:
+        """Basic index of one frame's (H, W) plane in an array of the layer's dims (a channel dim at ``channel``)."""
+        return super().frame_index(frame, channel)
 
     def pixel_indices(self, frame: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, ...]:
         """Fancy index (one array per dim) of pixels of one frame, repeated along every broadcast dim."""
@@ -185,22 +168,15 @@ def stack_plane(layer, frame_axis: int | None, current_position, channels: tuple
         index = int(np.clip(round(float(current_position[axis])), 0, shape[axis] - 1))
         fixed.append((axis, index))
     if getattr(layer, "rgb", False):
-        channel_axis, broadcast = data.ndim - 1, ()
-        if channels is None and data.shape[-1] == 4:
-            channels = (0, 1, 2)
+        channel_axis = data.ndim - 1
+        if channels is None:
+            channels = default_channels(data.shape[-1], samples=True)
     elif channel_dim is not None:
-        channel_axis, broadcast = channel_dim, (channel_dim,)
+        channel_axis = channel_dim
     else:
-        channel_axis, broadcast, channels = None, (), None
-    return StackPlane(shape, frame_axis, tuple(fixed), spatial_axes, channel_axis, channels, broadcast)
+        channel_axis, channels = None, None
+    return StackPlane(shape, frame_axis, channel_axis, spatial_axes, tuple(fixed), channels=channels)
 
 
 def _is_default_label(label: str) -> bool:
     return label.lstrip("-").isdigit()
-
-
-def _label_letter(label: str) -> str:
-    """A letter for a spelled-out axis label: "time" -> "t", "channel" -> "c", "depth" / "z" -> "z"."""
-    lowered = label.lower()
-    aliases = {"time": "t", "channel": "c", "channels": "c", "depth": "z", "plane": "z", "slice": "z"}
-    return aliases.get(lowered, lowered[:1])

@@ -34,15 +34,23 @@ def _warning(message: str) -> None:
 
 
 def _models_list(args: argparse.Namespace) -> int:
+    """One row per model (the path last: it may hold spaces); under each registry model an indented line with its
+    source, licence and preprocessing, so a row stays one line for grep and scripts."""
     rows = [("NAME", "CONFIG", "PARAMS", "CACHED", "PATH")]
+    notes = {}
     for info in models.MODELS.values():
         path = models.cached_path(info.name)
         rows.append((info.name, info.config_name, f"{info.params_m:g}M", "yes" if path.is_file() else "no", str(path)))
+        notes[len(rows) - 1] = (
+            f"    source: {info.source}; licence: {info.licence}; preprocessing: {info.preprocessing}"
+        )
     for name, path in sorted(models.local_models().items()):
         rows.append((name, "-", "-", "local" if path.is_file() else "missing", str(path)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
+    for number, row in enumerate(rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+        if number in notes:
+            print(notes[number])
     return EXIT_OK
 
 
@@ -133,6 +141,13 @@ def _load_model(name_or_path: str, device: str, quiet: bool):
     return get_model(path, device)
 
 
+def _preprocessing(name_or_path: str):
+    """The preprocessing of the model the user named (a registry model's profile; SAM2's for a file)."""
+    from ..models.loaded import preprocessing_for
+
+    return preprocessing_for(name_or_path)
+
+
 def _segment(args: argparse.Namespace) -> int:
     from . import file_segmentation as files
 
@@ -168,7 +183,8 @@ def _segment_one(layout_only, model, args: argparse.Namespace) -> str | None:
             with translate_out_of_memory(getattr(model, "device", None)):
                 stack = files.with_pixels(layout_only)
                 labels = files.segment_prepared(stack, model, direction=args.direction,
-                                                intensity_range=args.intensity_range, progress=bar)
+                                                intensity_range=args.intensity_range, progress=bar,
+                                                preprocessing=_preprocessing(args.model))
                 files.write_labels(stack, labels, args.overwrite)
         except Exception as error:  # this stack failed (out of memory, a disk error, a bug...); go on with the others
             reason = _failure_reason(error)
@@ -197,8 +213,8 @@ def _report_warnings(stack, caught) -> None:
 
 
 def _add_segment_commands(subparsers) -> None:
-    from ..core.tracking import DIRECTIONS
-    from ..models.loaded import DEFAULT_MODEL
+    from ..core.prompts import DIRECTIONS
+    from ..models.registry import DEFAULT_MODEL
 
     command = subparsers.add_parser(
         "segment",

@@ -15,19 +15,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..api import stream_stack
 from ..core.axes import StackAxes, stack_axes
+from ..core.channels import choose_channels
 from ..core.frame_labels import check_ids_fit, smallest_label_dtype
 from ..core.prompts import Prompt, check_prompts_fit
 from ..errors import InputError
 from ..io.prompt_files import Position, read_prompt_file
-from ..io.tiff import TiffStack, read_tiff, write_labels_tiff
-from ..numbers import whole_number
+from ..io.tiff import TiffStack, read_tiff, tiff_stem, write_labels_tiff
 
 DEFAULT_PROMPTS = ("{dir}/{stem}.csv", "{dir}/{stem}.json")
 DEFAULT_OUT = "{dir}/{stem}_labels.tif"
-MAX_RGB_CHANNELS = 3
-_TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
 
 
 @dataclass(frozen=True)
@@ -80,7 +77,7 @@ def expand_inputs(patterns: Sequence[str]) -> list[Path]:
 def _without_earlier_outputs(paths: list[str]) -> list[str]:
     """Drop STACK_labels.tif where STACK.tif is matched too: the output of an earlier run is not a stack."""
     suffix = Path(DEFAULT_OUT).name.replace("{stem}", "")
-    names = {os.path.join(os.path.dirname(path), _stem(Path(path))) for path in paths}
+    names = {os.path.join(os.path.dirname(path), tiff_stem(Path(path))) for path in paths}
     return [
         path for path in paths
         if not (path.endswith(suffix) and path[: -len(suffix)] in names)
@@ -161,8 +158,11 @@ def segment_prepared(
     direction: str = "both",
     intensity_range=None,
     progress: Callable[[int, int], None] | None = None,
+    preprocessing=None,
 ) -> np.ndarray:
-    """Track the objects of every run through the stack; returns labels over the stack's axes minus channels."""
+    """Track the objects of every run through the stack; returns labels over the stack's axes minus channels.
+    ``preprocessing``: the model's (see ``stream_stack``; ``model`` is often loaded already, so give it here)."""
+    from ..api import stream_stack  # torch: only once a stack is segmented, not for the checks before
     axes = stack.axes
     # Label values are object ids: the type is chosen from the largest, so that every id is stored exactly.
     largest = max(prompt.obj_id for prompts in stack.runs.values() for prompt in prompts)
@@ -176,7 +176,7 @@ def segment_prepared(
         run = stream_stack(
             stack.image.data, prompts, axis=axes.frame_axis, model=model, device=device, direction=direction,
             channel_axis=axes.channel_axis, channels=stack.channels, intensity_range=intensity_range,
-            fixed_indices=dict(position) or None,
+            fixed_indices=dict(position) or None, preprocessing=preprocessing,
         )
         run_totals[position] = run.total
         index: list = [slice(None)] * len(axes.label_axes)
@@ -222,33 +222,13 @@ def _chosen_channels(axes: StackAxes, channels) -> tuple[int, ...] | None:
         if channels:
             raise InputError(f"--channels was given but the stack has no channel axis (axes {axes.letters}).")
         return None
-    count = axes.shape[axes.channel_axis]
-    if not channels:
-        if axes.letters[axes.channel_axis] == "S" and count == 4:
-            return (0, 1, 2)  # RGBA: alpha is not part of the picture
-        if count > MAX_RGB_CHANNELS:
-            raise InputError(
-                f"The stack has {count} channels; choose up to 3 to show SAM2 as RGB with --channels, e.g. "
-                "--channels 0 or --channels 0,2."
-            )
-        return None
-    chosen = tuple(whole_number(channel, "channel", minimum=0) for channel in channels)
-    if len(chosen) > MAX_RGB_CHANNELS or any(channel >= count for channel in chosen):
-        raise InputError(f"--channels takes up to 3 of the stack's channels 0 to {count - 1}; got {list(chosen)}.")
-    return chosen
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in _TIFF_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    samples = axes.letters[axes.channel_axis] == "S"
+    return choose_channels(axes.shape[axes.channel_axis], channels or None, samples, "--channels ", "0")
 
 
 def _fill(template: str, stack: Path) -> Path:
     try:
-        return Path(template.format(stem=_stem(stack), name=stack.name, dir=str(stack.parent)))
+        return Path(template.format(stem=tiff_stem(stack), name=stack.name, dir=str(stack.parent)))
     except (KeyError, IndexError, ValueError) as error:
         raise InputError(
             f"Cannot use {template!r} as a file name template ({error}); its placeholders may be {{stem}}, {{name}} "
@@ -286,7 +266,7 @@ def _out_for(stack: Path, stacks: Sequence[Path], out: str | None) -> Path:
     if _is_template(out):
         return _fill(out, stack)
     if os.path.isdir(out) or out.endswith(("/", os.sep)):
-        return Path(out) / f"{_stem(stack)}_labels.tif"
+        return Path(out) / f"{tiff_stem(stack)}_labels.tif"
     if len(stacks) > 1:
         raise InputError(
             f"{len(stacks)} stacks cannot all be written to {out}: give a folder, or a template such as "

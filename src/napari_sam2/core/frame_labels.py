@@ -58,16 +58,6 @@ def highest_logit_wins(logits: np.ndarray) -> np.ndarray:
     return masks
 
 
-def first_come_keeps(masks: np.ndarray) -> np.ndarray:
-    """(n, H, W) bool -> (n, H, W) bool without overlap: a pixel claimed by several objects stays with the first."""
-    kept = np.array(masks, dtype=bool, copy=True)
-    taken = np.zeros(kept.shape[1:], bool)
-    for mask in kept:
-        mask &= ~taken
-        taken |= mask
-    return kept
-
-
 def check_ids_fit(obj_ids: Iterable[int], dtype) -> None:
     """Raise an InputError unless every object id is 1 or more and fits ``dtype`` (the integer type of the labels
     it is written into) exactly: a larger id would wrap around (object 300 in uint8 labels becomes 44).

@@ -12,15 +12,16 @@ from __future__ import annotations
 import operator
 import threading
 import warnings
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from ..engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, model_input  # noqa: F401  (the engine owns the rule)
+from ..engine.preprocess import Preprocessing, model_input, prepare_input, preprocessing_profile
 from ..errors import InputError, SaturationWarning
-from ..numbers import whole_number  # defined here before; still importable from here
+from ..numbers import whole_number
+from .axes import AxisRoles, axis_roles
+from .channels import channels_to_rgb, choose_channels
 from .intensity import parse_intensity_range, sampled_ranges, saturation_message, to_unit_range
 from .prefetch import PrefetchCache
 
@@ -43,74 +44,6 @@ def model_input_from_rgb(rgb01: np.ndarray, image_size: int = DEFAULT_IMAGE_SIZE
     return model_input(torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous(), image_size)
 
 
-def channels_to_rgb(unit: np.ndarray) -> np.ndarray:
-    """(H, W, C) in [0, 1] with C <= 3 -> (H, W, 3).
-
-    One channel is grey; two are shown as red and green (blue stays dark), like a two-colour overlay; three are RGB.
-    """
-    n_channels = unit.shape[-1]
-    if n_channels == 1:
-        return np.repeat(unit, 3, axis=-1)
-    if n_channels == 2:
-        return np.concatenate([unit, np.zeros_like(unit[..., :1])], axis=-1)
-    if n_channels == 3:
-        return unit
-    raise InputError(f"At most 3 channels can be shown to SAM2 as RGB; got {n_channels}.")
-
-
-@dataclass(frozen=True)
-class StackLayout:
-    """Which array axis is the frame index, which (if any) holds channels, which are pinned, which are (H, W)."""
-
-    shape: tuple[int, ...]
-    frame_axis: int
-    channel_axis: int | None
-    fixed_indices: Mapping[int, int]
-    spatial_axes: tuple[int, int]
-
-    @classmethod
-    def from_arguments(cls, shape, axis, channel_axis, fixed_indices) -> "StackLayout":
-        shape = tuple(int(size) for size in shape)
-        frame_axis = _normalised_axis(axis, len(shape), "axis", shape)
-        if channel_axis is not None:
-            channel_axis = _normalised_axis(channel_axis, len(shape), "channel_axis", shape)
-        if channel_axis == frame_axis:
-            raise InputError(
-                f"channel_axis and axis are both {frame_axis}: the frame axis (slices or time points) and the "
-                f"channel axis must be different axes of the array (shape {shape})."
-            )
-        fixed = _normalised_fixed_indices(fixed_indices, shape, frame_axis, channel_axis)
-
-        spatial_axes = _image_axes(shape, frame_axis, channel_axis, fixed)
-        if shape[frame_axis] == 0:
-            raise InputError(f"The data has no frames: axis {frame_axis} of shape {shape} has length 0.")
-        height, width = (shape[a] for a in spatial_axes)
-        if height < 2 or width < 2:
-            raise InputError(
-                f"Frames of {height} x {width} pixels are too small to segment (shape {shape}, image axes "
-                f"{spatial_axes}); each frame needs at least 2 x 2 pixels. Is the right axis chosen as the frame axis?"
-            )
-        if channel_axis is not None and shape[channel_axis] == 0:
-            raise InputError(f"The channel axis {channel_axis} of shape {shape} has no channels.")
-        return cls(shape, frame_axis, channel_axis, fixed, spatial_axes)
-
-    def index(self, frame: int, channel_slice: slice) -> tuple:
-        """Basic (not fancy) index of one frame, so that any array-like reads only that frame."""
-        index: list = [slice(None)] * len(self.shape)
-        index[self.frame_axis] = frame
-        for axis, position in self.fixed_indices.items():
-            index[axis] = position
-        if self.channel_axis is not None:
-            index[self.channel_axis] = channel_slice
-        return tuple(index)
-
-    def channel_position_in_frame(self) -> int | None:
-        """Where the channel axis ends up once the frame and fixed axes are indexed away."""
-        if self.channel_axis is None:
-            return None
-        return sorted((*self.spatial_axes, self.channel_axis)).index(self.channel_axis)
-
-
 class StackFrames:
     """A lazy, model-ready view of one axis of an array (z slices or time points) for the SAM2 tracker.
 
@@ -122,8 +55,11 @@ class StackFrames:
     - ``channels``: up to 3 channel indices to show as RGB (needed when there are more than 3 channels). One
       channel is grey, two are red and green, three are RGB.
     - ``intensity_range``: (low, high) mapped to 0 and 1 (e.g. napari's contrast limits), one pair for all
-      channels or one pair per channel of the data; by default the 0.5 and 99.5 percentiles of up to 16 evenly
-      spaced frames, per channel, fixed for the whole stack.
+      channels or one pair per channel of the data; by default the preprocessing's percentiles (0.5 and 99.5 for
+      SAM2, 2 and 98 for micro-sam's models) of up to 16 evenly spaced frames, per channel, fixed for the whole stack.
+    - ``preprocessing``: the model's :class:`napari_sam2.engine.preprocess.Preprocessing` or its name ("sam2",
+      the default, or "micro_sam"): the default percentiles, and whether frames are stretched to the model's square
+      input or padded to a square first (``model_frame_size``).
     - ``prefetch``: frames prepared ahead on a background thread (0 = none).
 
     The returned tensors are shared with the prefetch cache: treat them as read-only.
@@ -139,14 +75,19 @@ class StackFrames:
         image_size: int = DEFAULT_IMAGE_SIZE,
         prefetch: int = 2,
         fixed_indices: Mapping[int, int] | None = None,
+        preprocessing: Preprocessing | str | None = None,
     ):
         data = _as_array_like(data)
         _check_dtype(data.dtype)
         self._data = data
         self._dtype = np.dtype(data.dtype)
-        self._layout = StackLayout.from_arguments(data.shape, axis, channel_axis, fixed_indices)
+        self._layout = axis_roles(data.shape, axis, channel_axis, fixed_indices)
         self._channels = _chosen_channels(self._layout, channels)
         self._image_size = whole_number(image_size, "image_size", minimum=1)
+        try:
+            self._preprocessing = preprocessing_profile(preprocessing)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         prefetch = whole_number(prefetch, "prefetch", minimum=0)
 
         self._ranges_lock = threading.Lock()
@@ -175,6 +116,17 @@ class StackFrames:
         return self._image_size
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        return self._preprocessing
+
+    @property
+    def model_frame_size(self) -> tuple[int, int]:
+        """(height, width) of the frame the model is given: ``original_size``, or the (L, L) square holding the frame
+        in its top-left corner when the preprocessing pads (L = the longer side). Prompts in (row, col) are the
+        same pixels in it; masks come back at this size and are cropped to ``original_size``."""
+        return self._preprocessing.model_frame_size(self.original_size)
+
+    @property
     def channels(self) -> tuple[int, ...] | None:
         """Channel indices shown as RGB, or None when the data has no channel axis."""
         return self._channels
@@ -191,7 +143,10 @@ class StackFrames:
         with self._ranges_lock:
             if self._ranges is None:
                 samples = np.unique(np.linspace(0, len(self) - 1, min(len(self), MAX_PERCENTILE_SAMPLES)).round())
-                sampled = sampled_ranges((self._read(int(i)) for i in samples), n_channels=len(self._channels or [0]))
+                sampled = sampled_ranges(
+                    (self._read(int(i)) for i in samples), n_channels=len(self._channels or [0]),
+                    percentiles=self._preprocessing.intensity_percentiles,
+                )
                 self._ranges = sampled.ranges
                 # Only the automatic range is checked. A range the user gave (napari's contrast limits,
                 # intensity_range=, --intensity-range) is a choice made looking at the data, where clipping the
@@ -232,7 +187,10 @@ class StackFrames:
         )
 
     def _prepare(self, index: int) -> torch.Tensor:
-        return model_input_from_rgb(self.frame_rgb(index), self._image_size)
+        if not self._preprocessing.pads:
+            return model_input_from_rgb(self.frame_rgb(index), self._image_size)
+        rgb = torch.from_numpy(np.ascontiguousarray(self.frame_rgb(index))).permute(2, 0, 1)
+        return prepare_input(rgb, self._image_size, self._preprocessing)
 
     def _read(self, index: int) -> np.ndarray:
         """Frame ``index`` as (H, W, C) raw values, C being the shown channels (1 without a channel axis)."""
@@ -240,7 +198,7 @@ class StackFrames:
         if self._channels is not None:
             # Read the smallest contiguous block holding the chosen channels, with basic indexing only.
             channel_slice = slice(min(self._channels), max(self._channels) + 1)
-        raw = np.asarray(self._data[self._layout.index(index, channel_slice)])
+        raw = np.asarray(self._data[self._layout.frame_index(index, channel_slice)])
         position = self._layout.channel_position_in_frame()
         if position is None:
             return raw[..., None]
@@ -280,86 +238,9 @@ def _check_dtype(dtype) -> None:
     raise InputError(f"Pixels of type {dtype} cannot be segmented: {advice}.")
 
 
-def _normalised_axis(axis, ndim: int, name: str, shape) -> int:
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise InputError(f"{name} must be an integer axis number, got {axis!r}.") from None
-    if not -ndim <= axis < ndim:
-        raise InputError(f"{name}={axis} is out of range for data with {ndim} axes (shape {tuple(shape)}).")
-    return axis % ndim
-
-
-def _normalised_fixed_indices(fixed_indices, shape, frame_axis, channel_axis) -> dict[int, int]:
-    fixed: dict[int, int] = {}
-    for axis, position in dict(fixed_indices or {}).items():
-        axis = _normalised_axis(axis, len(shape), "fixed_indices axis", shape)
-        if axis in (frame_axis, channel_axis) or axis in fixed:
-            role = "the frame axis" if axis == frame_axis else "the channel axis" if axis == channel_axis else "fixed"
-            raise InputError(f"fixed_indices gives axis {axis} an index, but it is already {role}.")
-        try:
-            position = operator.index(position)
-        except TypeError:
-            raise InputError(f"fixed_indices[{axis}] must be an integer index, got {position!r}.") from None
-        if not -shape[axis] <= position < shape[axis]:
-            raise InputError(
-                f"fixed_indices[{axis}]={position} is out of range: axis {axis} has {shape[axis]} positions "
-                f"(0 to {shape[axis] - 1})."
-            )
-        fixed[axis] = position % shape[axis]
-    return fixed
-
-
-def _image_axes(shape, frame_axis: int, channel_axis: int | None, fixed: Mapping[int, int]) -> tuple[int, int]:
-    """The two axes left for height and width, or an error saying how to get there."""
-    ndim = len(shape)
-    used = {frame_axis, *fixed} | ({channel_axis} if channel_axis is not None else set())
-    spatial_axes = tuple(a for a in range(ndim) if a not in used)
-    if len(spatial_axes) < 2:
-        if not fixed and ndim == (2 if channel_axis is None else 3):
-            raise InputError(
-                f"The data has shape {shape}: this is a single 2D image, not a stack of frames; "
-                "use segment_image for a single image."
-            )
-        raise InputError(
-            f"The data has shape {shape}: after the frame axis ({frame_axis})"
-            + (f", the channel axis ({channel_axis})" if channel_axis is not None else "")
-            + (f" and the fixed axes {sorted(fixed)}" if fixed else "")
-            + " fewer than 2 axes are left for the image height and width."
-        )
-    if len(spatial_axes) > 2:
-        extra = spatial_axes[0]
-        raise InputError(
-            f"The data has {ndim} axes (shape {shape}) but a stack of frames uses only the frame axis "
-            f"({frame_axis}), the image height and width" + (", and channels" if channel_axis is not None else "")
-            + f". Choose one index for axis {extra} with fixed_indices, e.g. fixed_indices={{{extra}: 0}} "
-            f"to track along axis {frame_axis} at index 0 of axis {extra}."
-        )
-    return spatial_axes
-
-
-def _chosen_channels(layout: StackLayout, channels) -> tuple[int, ...] | None:
-    if layout.channel_axis is None:
+def _chosen_channels(roles: AxisRoles, channels) -> tuple[int, ...] | None:
+    if roles.channel_axis is None:
         if channels is not None:
             raise InputError("channels= chooses channels along channel_axis; give channel_axis too.")
         return None
-    n_channels = layout.shape[layout.channel_axis]
-    if channels is None:
-        if n_channels > 3:
-            raise InputError(
-                f"The data has {n_channels} channels (axis {layout.channel_axis}); SAM2 sees at most 3, as RGB. "
-                f"Choose up to 3 with channels=[...], e.g. channels=[0] for the first channel alone."
-            )
-        return tuple(range(n_channels))
-    chosen = []
-    for channel in channels:
-        try:
-            channel = operator.index(channel)
-        except TypeError:
-            raise InputError(f"channels must be integer channel indices, got {channels!r}.") from None
-        if not -n_channels <= channel < n_channels:
-            raise InputError(f"Channel {channel} does not exist: the data has channels 0 to {n_channels - 1}.")
-        chosen.append(channel % n_channels)
-    if not 1 <= len(chosen) <= 3:
-        raise InputError(f"Choose 1 to 3 channels to show as RGB; got {len(chosen)}: {list(channels)!r}.")
-    return tuple(chosen)
+    return choose_channels(roles.shape[roles.channel_axis], channels)

@@ -8,7 +8,7 @@ from typing import Hashable, Sequence
 import numpy as np
 
 from ..engine import ImagePredictor, Sam2Model
-from .frame_labels import FrameLabels, first_come_keeps
+from .frame_labels import FrameLabels, highest_logit_wins
 from .frames import StackFrames
 from .prompts import EnginePrompt
 
@@ -16,7 +16,8 @@ from .prompts import EnginePrompt
 class ImageSegmenter:
     """Masks for the objects prompted on one frame of a StackFrames.
 
-    Objects do not overlap: where two objects' masks meet, the object prompted first keeps the pixel.
+    Objects do not overlap, by the rule of the video tracker (Meta's non-overlapping constraint): a pixel two
+    objects claim goes to the object with the highest mask logit there.
     """
 
     def __init__(self, model: Sam2Model):
@@ -29,7 +30,8 @@ class ImageSegmenter:
         key = (id(frames), index) if key is None else key
         if key != self._frame_key:
             self._frame_key = None  # a failure below must not leave a stale frame marked as set
-            self._predictor.set_model_input(frames[index], frames.original_size)
+            # The model is given model_frame_size (a padded square when the preprocessing pads); masks are cropped back.
+            self._predictor.set_model_input(frames[index], frames.model_frame_size)
             self._frame_key = key
             self._frame_size = frames.original_size
 
@@ -39,11 +41,11 @@ class ImageSegmenter:
             raise RuntimeError("set_frame must be called before segment")
         if not prompts:
             return FrameLabels(-1, (), np.zeros((0, *self._frame_size), bool))
-        masks = np.stack([self._object_mask(prompt) for prompt in prompts])
+        logits = np.stack([self._object_logits(prompt) for prompt in prompts])
         frame = prompts[0].frame
-        return FrameLabels(frame, tuple(prompt.obj_id for prompt in prompts), first_come_keeps(masks))
+        return FrameLabels(frame, tuple(prompt.obj_id for prompt in prompts), highest_logit_wins(logits))
 
-    def _object_mask(self, prompt: EnginePrompt) -> np.ndarray:
+    def _object_logits(self, prompt: EnginePrompt) -> np.ndarray:
         # One click is ambiguous (a nucleus or the whole cell?): ask for three masks and keep the most confident one,
         # as SAM2's video predictor does for a single point.
         single_click = prompt.box_xy is None and prompt.points_xy is not None and len(prompt.points_xy) == 1
@@ -54,4 +56,5 @@ class ImageSegmenter:
             multimask_output=single_click,
             return_logits=True,
         )
-        return logits[int(np.argmax(scores))] > 0
+        h, w = self._frame_size
+        return logits[int(np.argmax(scores))][:h, :w]

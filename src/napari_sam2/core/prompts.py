@@ -17,6 +17,9 @@ import numpy as np
 from ..errors import InputError
 from ..numbers import whole_number
 
+# Where prompts are propagated to from their frames: both ways, to later frames only, or to earlier ones only.
+DIRECTIONS = ("both", "forward", "backward")
+
 # Label values are stored as int32, so object ids must fit.
 MAX_OBJ_ID = np.iinfo(np.int32).max
 
@@ -40,7 +43,7 @@ class Prompt:
 
     def __post_init__(self):
         object.__setattr__(self, "frame", whole_number(self.frame, "frame", minimum=0))
-        object.__setattr__(self, "obj_id", _obj_id(self.obj_id))
+        object.__setattr__(self, "obj_id", object_id(self.obj_id))
         points = _points(self.points)
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "labels", _labels(self.labels, len(points)))
@@ -149,9 +152,20 @@ def prompt_list(prompts) -> list[Prompt]:
     return prompts
 
 
-def _obj_id(value) -> int:
+def object_id(value) -> int:
+    """An object id given by a user, as an int: a whole number from 1 to MAX_OBJ_ID (the object's label value; 0 is
+    background). Whole floats and numeric text are accepted as the number they hold (pandas hands back floats for an
+    integer column that once held a missing value; CSV and JSON files hold text or floats). Raises InputError."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if isinstance(number, (float, np.floating)) and math.isfinite(number) and float(number).is_integer():
+        number = int(number)
     try:
-        obj_id = whole_number(value, "obj_id", minimum=1)
+        obj_id = whole_number(number, "obj_id", minimum=1)
     except InputError:
         raise InputError(
             f"obj_id must be a whole number of 1 or more (it becomes the label value; 0 is background), got {value!r}."

@@ -21,12 +21,10 @@ import numpy as np
 
 from ..engine import FrameResult, Sam2Model, Tracker
 from ..errors import InputError, translate_out_of_memory
-from ..models.loaded import DEFAULT_MODEL, get_model
+from ..models.loaded import DEFAULT_MODEL, get_model, preprocessing_for
 from .frame_labels import FrameLabels, highest_logit_wins
 from .frames import StackFrames
-from .prompts import EnginePrompt, Prompt, check_prompts_fit, group_prompts, prompt_list
-
-DIRECTIONS = ("both", "forward", "backward")
+from .prompts import DIRECTIONS, EnginePrompt, Prompt, check_prompts_fit, group_prompts, prompt_list
 
 
 class Propagation:
@@ -62,6 +60,8 @@ class TrackingSession:
 
     ``stack``, ``axis``, ``channel_axis``, ``channels``, ``intensity_range`` and ``fixed_indices`` are those of
     :class:`napari_sam2.core.frames.StackFrames`; ``model`` a name, checkpoint path or loaded model.
+    ``preprocessing``: the model's input preprocessing (a Preprocessing or "sam2" / "micro_sam"); by default the
+    registry's profile for a registry name (e.g. "hvit_t_cells" -> "micro_sam"), else SAM2's.
     """
 
     def __init__(
@@ -75,7 +75,9 @@ class TrackingSession:
         intensity_range=None,
         fixed_indices=None,
         prefetch: int = 2,
+        preprocessing=None,
     ):
+        preprocessing = preprocessing_for(model, preprocessing)
         self.model: Sam2Model = get_model(model, device)
         self.frames = StackFrames(
             stack,
@@ -86,8 +88,9 @@ class TrackingSession:
             image_size=self.model.image_size,
             prefetch=prefetch,
             fixed_indices=fixed_indices,
+            preprocessing=preprocessing,
         )
-        self._tracker = Tracker(self.model, self.frames)
+        self._tracker = Tracker(self.model, _ModelFrames(self.frames))
         self._given: dict[tuple[int, int], EnginePrompt] = {}  # (frame, obj_id) -> what the tracker holds
         self._changed: set[tuple[int, int]] = set()  # pairs prompted or changed since the last finished run
         self._stale: set[int] = set()  # objects with prompts deleted since their last run: re-track them whole
@@ -155,7 +158,7 @@ class TrackingSession:
         obj_ids = tuple(obj_id for f, obj_id in sorted(self._given) if f == frame)
         if not obj_ids:
             return FrameLabels(frame, (), np.zeros((0, *self.frame_size), bool))
-        return _frame_labels(self._tracker.result_on(frame, obj_ids))
+        return _frame_labels(self._tracker.result_on(frame, obj_ids), self.frame_size)
 
     def clear_prompts(self, frame: int, obj_id: int) -> None:
         """Forget ``obj_id``'s prompts on ``frame`` (nothing happens where it has none)."""
@@ -269,7 +272,7 @@ class TrackingSession:
         key = (prompt.frame, prompt.obj_id)
         self._given[key] = prompt
         self._changed.add(key)
-        return _frame_labels(result)
+        return _frame_labels(result, self.frame_size)
 
     def _redecode(self, prompt: EnginePrompt) -> FrameResult:
         with translate_out_of_memory(self.model.device):
@@ -286,7 +289,7 @@ class TrackingSession:
         labels stay as they are."""
         with translate_out_of_memory(self.model.device):
             for result in results:
-                yield _frame_labels(result).only(obj_ids)
+                yield _frame_labels(result, self.frame_size).only(obj_ids)
         # Only a run that went to its end counts: after a cancel or a failure the changes are still to propagate.
         self._changed = {key for key in self._changed if key[1] not in obj_ids}
         self._stale -= obj_ids
@@ -308,9 +311,30 @@ class TrackingSession:
         return first, last
 
 
-def _frame_labels(result: FrameResult) -> FrameLabels:
-    masks = highest_logit_wins(result.mask_logits.numpy())
+def _frame_labels(result: FrameResult, frame_size: tuple[int, int]) -> FrameLabels:
+    """The result's masks cropped to the frame (the tracker sees a padded square when the preprocessing pads)."""
+    h, w = frame_size
+    masks = highest_logit_wins(result.mask_logits[..., :h, :w].numpy())
     return FrameLabels(int(result.frame_idx), tuple(int(i) for i in result.obj_ids), masks)
+
+
+class _ModelFrames:
+    """The frames as the engine's Tracker sees them: the same model inputs, with ``original_size`` the frame size the
+    model is given (``StackFrames.model_frame_size``: the padded (L, L) square when the preprocessing pads), so the
+    tracker maps clicks and returns masks in that square."""
+
+    def __init__(self, frames: StackFrames):
+        self._frames = frames
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __getitem__(self, index: int):
+        return self._frames[index]
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return self._frames.model_frame_size
 
 
 def _same(given: EnginePrompt | None, wanted: EnginePrompt) -> bool:

@@ -24,7 +24,7 @@ import os
 from collections import defaultdict
 
 from ..core.axes import StackAxes
-from ..core.prompts import Prompt
+from ..core.prompts import Prompt, object_id
 from ..errors import InputError
 
 POLARITY_COLUMNS = ("positive", "is_positive", "polarity", "point_label", "point_type", "sign", "label", "labels")
@@ -171,12 +171,9 @@ def _polarity(text: str, line: int) -> bool:
 
 def _obj_id(text, where: str) -> int:
     try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and value == int(value) and value >= 1):
-        raise InputError(f"{where}: the object id {text!r} is not a whole number of 1 or more.")
-    return int(value)
+        return object_id(text)
+    except InputError as error:
+        raise InputError(f"{where}: {error}") from None
 
 
 def _read_json(path: str, axes: StackAxes) -> dict[Position, list[Prompt]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import tifffile
@@ -39,6 +40,24 @@ _MICROMETRES_PER_UNIT = {
 # Axis order of an ImageJ hyperstack; any axes in this order (a subsequence of it) can be written as ImageJ.
 _IMAGEJ_AXES = "TZCYXS"
 _RESOLUTION_UNIT_CENTIMETER = 3
+
+
+# Longest first: "cells.ome.tif" is the stack "cells", not "cells.ome".
+TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+
+
+def is_tiff(path) -> bool:
+    """Whether ``path`` names a TIFF file (.tif, .tiff, .ome.tif, .ome.tiff; any case)."""
+    return str(path).lower().endswith(TIFF_SUFFIXES)
+
+
+def tiff_stem(path) -> str:
+    """The file name without its TIFF / OME-TIFF extension: "a/cells.ome.tif" -> "cells"."""
+    name = Path(path).name
+    for suffix in TIFF_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(path).stem
 
 
 @dataclass(frozen=True)

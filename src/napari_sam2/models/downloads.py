@@ -1,4 +1,4 @@
-"""Fetching one file over HTTP(S) safely: pooch (SHA-256 check, atomic move into place) with what it does not do on
+"""Fetching one file over HTTP(S) safely: pooch (hash check, atomic move into place) with what it does not do on
 top (resuming `<file>.part` with a Range request, retries that resume and never repeat a 404, one `.part` per file
 claimed with filelock, errors that say what to do). Knows nothing of models: `models.py` names the files."""
 
@@ -37,24 +37,65 @@ def file_sha256(path: str | os.PathLike) -> str:
     return pooch.file_hash(os.fspath(path), alg="sha256")
 
 
+def file_hash(path: str | os.PathLike, alg: str) -> str:
+    """The hash of a file with any algorithm pooch knows ("sha256", "md5", "xxh128" with the xxhash package...), as
+    lowercase hex."""
+    import pooch
+
+    check_hash_algorithm(alg)
+    return pooch.file_hash(os.fspath(path), alg=alg)
+
+
+def check_hash_algorithm(alg: str) -> None:
+    """Refuse a hash algorithm this Python cannot compute, with what to install (xxh* need the xxhash package)."""
+    import hashlib
+
+    if alg in hashlib.algorithms_available:
+        return
+    if alg.startswith("xxh"):
+        try:
+            import xxhash
+        except ImportError:
+            raise CheckpointError(
+                f"Checking this checkpoint's {alg} hash needs the xxhash package: pip install xxhash"
+            ) from None
+        if hasattr(xxhash, alg):
+            return
+    raise CheckpointError(f"Unknown hash algorithm {alg!r}: cannot check the checkpoint.")
+
+
+def _pooch_hash(known_hash: str | None) -> str | None:
+    """pooch's "ALG:HEX" form of a known hash (a bare hex string is a SHA-256), its algorithm checked first."""
+    if not known_hash:
+        return None
+    alg, sep, value = known_hash.partition(":")
+    if not sep:
+        alg, value = "sha256", known_hash
+    check_hash_algorithm(alg.lower())
+    return f"{alg.lower()}:{value.lower()}"
+
+
 def check_url(url: str) -> None:
     """Refuse anything but an http(s) URL with a host, before any file is created."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"Cannot download from {url!r}: give an http:// or https:// URL.")
 
-def fetch(url: str, dest: Path, sha256: str | None = None, progress: Progress | None = None, hint: str = "") -> None:
+def fetch(
+    url: str, dest: Path, known_hash: str | None = None, progress: Progress | None = None, hint: str = ""
+) -> None:
     """Download `url` into `dest` (an http(s) URL; `dest`'s folder must exist): resumed from `<dest>.part` after an
-    interruption, retried, checked against `sha256` when given (pooch), and only then moved into place, so `dest`
-    never holds a broken file. `progress(done, total)` in bytes. Errors are CheckpointError naming the URL, `dest`
+    interruption, retried, checked against `known_hash` when given (pooch; "ALG:HEX" such as "xxh128:...", or a
+    bare SHA-256 hex), and only then moved into place, so `dest` never holds a broken file. `progress(done, total)` in bytes. Errors are CheckpointError naming the URL, `dest`
     and what to do, ending with `hint`."""
     check_url(url)
+    pooch_hash = _pooch_hash(known_hash)  # before anything is downloaded: an algorithm we cannot check fails now
     import pooch
 
     with _pooch_quiet():
         try:
             pooch.retrieve(
-                url, known_hash=f"sha256:{sha256}" if sha256 else None, fname=dest.name,
+                url, known_hash=pooch_hash, fname=dest.name,
                 path=dest.parent, downloader=_ResumingDownloader(dest, progress, hint),
             )
         except Sam2Error:

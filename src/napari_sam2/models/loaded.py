@@ -9,10 +9,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..engine import Sam2Model, load_model, resolve_device
+from ..engine.preprocess import Preprocessing, preprocessing_profile
 from ..errors import InputError
-from .registry import model_path
-
-DEFAULT_MODEL = "sam2.1_hiera_tiny"
+from .registry import DEFAULT_MODEL, _find_local, _find_official, model_path
 
 # Two models at most: switching back and forth between two is quick, and a large model's memory is returned.
 MAX_CACHED_MODELS = 2
@@ -48,6 +47,21 @@ def get_model(model=DEFAULT_MODEL, device="auto") -> Sam2Model:
         while len(_cache) > MAX_CACHED_MODELS:
             _cache.popitem(last=False)
         return loaded
+
+
+def preprocessing_for(model=DEFAULT_MODEL, preprocessing=None) -> Preprocessing:
+    """The preprocessing a model was trained with: ``preprocessing`` when given (a Preprocessing or a profile name,
+    "sam2" or "micro_sam"); else the registry's profile when ``model`` is a registry name (e.g. "hvit_t_cells");
+    else (a loaded model, a checkpoint path, a registered local file) the SAM2 default."""
+    if preprocessing is not None:
+        return preprocessing_profile(preprocessing)  # an InputError for an unknown name
+    if isinstance(model, (str, os.PathLike)):
+        text = os.fspath(model)
+        if not Path(text).expanduser().is_file() and _find_local(text) is None:
+            info = _find_official(text)
+            if info is not None:
+                return preprocessing_profile(info.preprocessing)
+    return preprocessing_profile(None)
 
 
 def clear_model_cache() -> None:

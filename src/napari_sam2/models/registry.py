@@ -1,4 +1,5 @@
-"""The official SAM2 / SAM2.1 checkpoints: their names, the local cache, and fetching them safely.
+"""The SAM2 / SAM2.1 checkpoints we know of (Meta's official files and micro-sam's light-microscopy model): their
+names, sources, licences, preprocessing, the local cache, and fetching them safely.
 
 Listing or downloading models never imports torch. Downloads go through `downloads.fetch` (pooch with a resuming
 downloader); the cache folder comes from platformdirs.
@@ -24,14 +25,19 @@ from pathlib import Path
 
 from ..errors import CheckpointError, InputError
 from ..progress_bar import TextProgressBar
-from .downloads import Progress, check_url, fetch, file_sha256
+from .downloads import Progress, check_url, fetch, file_hash, file_sha256
 
 __all__ = [
-    "MODELS", "ModelInfo", "Progress", "TextProgressBar", "cache_dir", "cached_path", "download",
+    "DEFAULT_MODEL", "MODELS", "ModelInfo", "Progress", "TextProgressBar", "cache_dir", "cached_path", "download",
     "file_sha256", "local_models", "model_path", "model_url", "register_local", "resolve_name",
 ]
 
 _LOCAL_REGISTRY = "local_models.json"
+
+# The model used when none is named: small enough for a laptop CPU.
+DEFAULT_MODEL = "sam2.1_hiera_tiny"
+
+META_SOURCE = "Meta AI (facebookresearch/sam2)"
 
 
 @dataclass(frozen=True)
@@ -41,14 +47,41 @@ class ModelInfo:
     name: str  # canonical name: the stem of the official file, e.g. "sam2.1_hiera_tiny"
     config_name: str  # the engine's variant name, e.g. "sam2.1_hiera_t"
     url: str
-    sha256: str | None  # None where no trusted hash is published (SAM2.0)
+    # The file's hash as pooch writes it, "ALG:HEX" (e.g. "xxh128:385a..."); a bare hex string is a SHA-256.
+    # None where no trusted hash is published (SAM2.0).
+    known_hash: str | None
     params_m: float  # millions of parameters (Meta's figures)
     description: str
     aliases: tuple[str, ...] = ()
+    source: str = META_SOURCE
+    licence: str = "Apache-2.0"
+    preprocessing: str = "sam2"  # a profile of napari_sam2.engine.preprocess.PROFILES
 
     @property
     def filename(self) -> str:
         return self.name + ".pt"
+
+    @property
+    def hash_algorithm(self) -> str | None:
+        """The hash's algorithm as pooch names it: "sha256", "xxh128", ... (None without a hash)."""
+        return None if self.known_hash is None else _split_hash(self.known_hash)[0]
+
+    @property
+    def hash_value(self) -> str | None:
+        """The hash's hex digits, lowercase (None without a hash)."""
+        return None if self.known_hash is None else _split_hash(self.known_hash)[1]
+
+    @property
+    def sha256(self) -> str | None:
+        """The SHA-256 hex digest when the known hash is one, else None."""
+        return self.hash_value if self.hash_algorithm == "sha256" else None
+
+
+def _split_hash(known_hash: str) -> tuple[str, str]:
+    alg, sep, value = known_hash.partition(":")
+    if not sep:
+        return "sha256", known_hash.lower()
+    return alg.lower(), value.lower()
 
 
 _URL_21 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
@@ -93,6 +126,18 @@ MODELS: dict[str, ModelInfo] = {
             "sam2_hiera_large", "sam2_hiera_l", _URL_20 + "sam2_hiera_large.pt", None, 224.4,
             "SAM2 (July 2024) large; superseded by sam2.1_hiera_large",
         ),
+        # micro-sam's SAM2.1 tiny fine-tuned on light microscopy (cells and nuclei): URL and hash from micro-sam's
+        # registry (micro_sam/v2/util.py, FINETUNED_URLS / FINETUNED_HASHES); the file is
+        # {"model": state_dict, "model_type": "hvit_t"}. Its UniSAM2 decoder ("hvit_t_cells_decoder", for
+        # micro-sam's automatic segmentation) is not used here.
+        ModelInfo(
+            "hvit_t_cells", "sam2.1_hiera_t", "https://owncloud.gwdg.de/index.php/s/PJRPRXC3BNOLJ6X/download",
+            "xxh128:385a8521cbadad2536b2e7950c394f80", 38.9,
+            "micro-sam SAM2.1 tiny fine-tuned on light microscopy (cells, nuclei)", ("micro_sam_cells",),
+            source="micro-sam (computational-cell-analytics/micro-sam)",
+            licence="not stated (micro-sam code: MIT; base SAM2.1 weights: Apache-2.0)",
+            preprocessing="micro_sam",
+        ),
     )
 }
 
@@ -109,10 +154,12 @@ def _normalize(name: str) -> str:
 
 
 def _name_table() -> dict[str, ModelInfo]:
-    # Canonical names first, so a short name or alias can never shadow one.
+    # Canonical names first, so a short name or alias can never shadow one; a variant's short name (sam2.1_hiera_t)
+    # names Meta's file, never a fine-tuned model of the same variant.
     table = {_normalize(info.name): info for info in MODELS.values()}
     for info in MODELS.values():
-        for key in (info.config_name, *info.aliases):
+        official = info.source == META_SOURCE
+        for key in ((info.config_name,) if official else ()) + tuple(info.aliases):
             table.setdefault(_normalize(key), info)
     return table
 
@@ -122,9 +169,10 @@ def _find_official(name: str) -> ModelInfo | None:
 
 
 def _valid_names_text() -> str:
+    short = dict.fromkeys(info.config_name for info in MODELS.values() if info.source == META_SOURCE)
     text = (
         f"Valid names: {', '.join(MODELS)}; or their short names "
-        f"({', '.join(info.config_name for info in MODELS.values())}); "
+        f"({', '.join(short)}); "
         f"or tiny, small, base_plus, large for SAM2.1"
     )
     try:
@@ -266,7 +314,7 @@ def _manual_fetch_hint(url: str, dest: Path) -> str:
 def model_path(name_or_path: str | os.PathLike, download: bool = True, progress: Progress | None = None) -> Path:
     """The checkpoint file for an existing path, a registered local name or an official name.
 
-    An official checkpoint comes from the cache (verified against its SHA-256 once) or, when `download`
+    An official checkpoint comes from the cache (verified against its known hash once) or, when `download`
     is true, is downloaded into it.
     """
     text = os.fspath(name_or_path)
@@ -303,39 +351,41 @@ def model_path(name_or_path: str | os.PathLike, download: bool = True, progress:
 # ---------------------------------------------------------------- hashes
 
 
-def _stamp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
+def _stamp_path(path: Path, alg: str = "sha256") -> Path:
+    return path.with_name(f"{path.name}.{alg}")
 
 
-def _write_stamp(path: Path, digest: str) -> None:
+def _write_stamp(path: Path, digest: str, alg: str = "sha256") -> None:
     """Record that `path`, at its current size and mtime, has hash `digest`, so it is not hashed again."""
     try:
         stat = path.stat()
-        record = {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        _stamp_path(path).write_text(json.dumps(record) + "\n", encoding="utf-8")
+        record = {alg: digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        _stamp_path(path, alg).write_text(json.dumps(record) + "\n", encoding="utf-8")
     except OSError:
         pass  # a read-only cache still works; the file is just hashed again next time
 
 
-def _stamp_says(path: Path, digest: str) -> bool:
+def _stamp_says(path: Path, digest: str, alg: str = "sha256") -> bool:
     try:
-        record = json.loads(_stamp_path(path).read_text(encoding="utf-8"))
+        record = json.loads(_stamp_path(path, alg).read_text(encoding="utf-8"))
         stat = path.stat()
-        return record == {"sha256": digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return record == {alg: digest, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     except (OSError, ValueError):
         return False
 
 
 def _verify_cached(path: Path, info: ModelInfo) -> None:
-    if info.sha256 is None or _stamp_says(path, info.sha256):
+    alg, expected = info.hash_algorithm, info.hash_value
+    if expected is None or _stamp_says(path, expected, alg):
         return
-    digest = file_sha256(path)
-    if digest != info.sha256:
+    digest = file_sha256(path) if alg == "sha256" else file_hash(path, alg)
+    if digest != expected:
+        name = "SHA-256" if alg == "sha256" else alg
         raise CheckpointError(
-            f"The cached checkpoint {path} is corrupt or incomplete (SHA-256 {digest}, expected {info.sha256}). "
+            f"The cached checkpoint {path} is corrupt or incomplete ({name} {digest}, expected {expected}). "
             f"Download it again with `napari-sam2 models download {info.name} --force`."
         )
-    _write_stamp(path, digest)
+    _write_stamp(path, digest, alg)
 
 
 # ---------------------------------------------------------------- downloading
@@ -344,7 +394,8 @@ def _verify_cached(path: Path, info: ModelInfo) -> None:
 def download(name: str, progress: Progress | None = None, force: bool = False, url: str | None = None) -> Path:
     """Download the official checkpoint `name` into the cache and return its path.
 
-    Resumes an interrupted download, retries dropped connections, checks the SHA-256 (pooch),
+    Resumes an interrupted download, retries dropped connections, checks the known hash (pooch: SHA-256, or
+    xxh128 for micro-sam's files),
     and only then moves the file into place, so the cached path never holds a broken file.
     A file already cached is verified and returned unless `force`. `url` replaces the source.
     """
@@ -365,7 +416,7 @@ def _download(info: ModelInfo, progress: Progress | None = None, force: bool = F
             dest.unlink(missing_ok=True)  # pooch would keep a file whose hash matches, or that has no hash to check
     except OSError as exc:
         raise CheckpointError(f"Cannot write to {dest.parent}: {exc}. Set NAPARI_SAM2_CACHE to a writable folder.") from exc
-    fetch(source, dest, info.sha256, progress, hint)
-    if info.sha256:
-        _write_stamp(dest, info.sha256)  # pooch checked the hash: never hash this file again
+    fetch(source, dest, info.known_hash, progress, hint)
+    if info.known_hash:
+        _write_stamp(dest, info.hash_value, info.hash_algorithm)  # pooch checked the hash: never hash it again
     return dest

@@ -22,11 +22,9 @@ from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent, QObject, QTimer
 
-from ...core.prompts import MAX_OBJ_ID
-from ...core.tracking import DIRECTIONS
+from ...core.prompts import DIRECTIONS, MAX_OBJ_ID
 from ...errors import InputError
-from ...models.loaded import DEFAULT_MODEL
-from ...models.registry import MODELS, cached_path, local_models
+from ...models.registry import DEFAULT_MODEL, MODELS, cached_path, local_models
 from ..controller import CANCELLING, SLICE_KINDS, Identity, SessionSpec, TrackingController
 from ..labels_writer import LabelsRun, check_ids_fit_layer, largest_id, remove_object_labels
 from ..layer_prompts import OBJ_ID, LayerPrompts, prompts_from_layers, to_image_data
@@ -184,6 +182,8 @@ class Sam2Widget(Container):
 
         self.image.changed.connect(self._on_image_changed)
         self.model.changed.connect(lambda value: setattr(self.checkpoint, "visible", value == CHECKPOINT_FILE))
+        self.model.changed.connect(self._show_model_source)
+        self._show_model_source(self.model.value)
         self.axis.changed.connect(self._update_frame_limits)
         self.limit.changed.connect(self._update_frame_limits)
         self.obj_id.changed.connect(self._on_object_changed)
@@ -797,6 +797,14 @@ class Sam2Widget(Container):
     def _channel_choices(self, _widget=None):
         image = self.image.value if hasattr(self, "image") else None
         return (channel_options(image) if image is not None else []) or [("-", None)]
+
+    def _show_model_source(self, value) -> None:
+        """The model chooser's tooltip: the chosen registry model's description, source and licence."""
+        info = MODELS.get(value) if isinstance(value, str) else None
+        self.model.tooltip = (
+            f"{info.description}\nSource: {info.source}\nLicence: {info.licence}" if info is not None
+            else "A registered local file, a loaded model or a checkpoint file (SAM2's preprocessing)."
+        )
 
     def _model_choices(self, _widget=None) -> list[tuple[str, object]]:
         names = list(MODELS)
