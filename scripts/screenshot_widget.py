@@ -8,7 +8,7 @@ to cover the bright cores of many), so the picture shows what the widget does, n
 script clicks the centres of the two nuclei whose masks can be seen side by side. Pass --checkpoint with an
 official checkpoint for a picture of real segmentation.
 
-    QT_API=pyqt5 xvfb-run -a -s "-screen 0 1600x1000x24 -nolisten tcp" python scripts/screenshot_widget.py
+    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1600x1000x24 -nolisten tcp" python scripts/screenshot_widget.py
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main() -> None:
     viewer.window._qt_window.resize(1500, 920)
     viewer.open_sample("napari-sam2", "nuclei-3d")
     objects = choose_prompts(model, viewer.layers["nuclei 3D"].data, viewer.layers["nuclei 3D ground truth"].data)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "Segment & track (SAM2)")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "Segment & track")
     app = QApplication.instance()
 
     widget.model.value = CHECKPOINT_FILE

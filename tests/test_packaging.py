@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRIBUTIONS = {
-    "widgets": ["Segment & track (SAM2)"],
+    "widgets": ["Segment & track"],
     "sample_data": ["nuclei-3d", "cell-timelapse"],
     "readers": ["napari-sam2.get_reader"],
 }

@@ -4,7 +4,7 @@ Most tests run the widget over a stand-in session (tests/fake_session.py: discs 
 makes every state of a run quick and exact to check; the tests marked "fast model" run SAM2 itself (the 256-px
 random-weight model).
 
-Run under Xvfb: QT_API=pyqt5 xvfb-run -a -s "-screen 0 1280x1024x24 -nolisten tcp" python -m pytest tests/test_widget.py
+Run under Xvfb: QT_API=pyqt6 PYTEST_QT_API=pyqt6 xvfb-run -a -s "-screen 0 1280x1024x24 -nolisten tcp" python -m pytest tests/test_widget.py
 """
 
 import os
@@ -241,7 +241,7 @@ def test_plugin_manifest_gives_the_widget(make_napari_viewer):
     viewer = make_napari_viewer()
     rgb = np.zeros((3, 32, 40, 3), np.uint8)
     viewer.add_image(rgb, name="rgb", rgb=True)
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "Segment & track (SAM2)")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "Segment & track")
     assert isinstance(widget, Sam2Widget)
     assert not widget.channels.native.isHidden() and widget.channels.value is None  # "RGB"
     assert widget.prompt_layers.labels.data.shape == (3, 32, 40)
@@ -540,7 +540,7 @@ def test_removing_the_dock_releases_the_widget_and_a_recreated_layer_is_reconnec
 
 def test_opened_before_the_data_a_sample_is_ready_for_the_first_click(make_napari_viewer, qtbot, messages):
     viewer = make_napari_viewer()
-    dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "Segment & track (SAM2)")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "Segment & track")
     viewer.open_sample("napari-sam2", "nuclei-3d")  # the image, then its hidden ground truth
     layers = widget.prompt_layers
     assert widget.image.value is viewer.layers["nuclei 3D"]
