@@ -31,11 +31,9 @@ README_IMAGE_SIZE = 128
 
 # ```bash lines that are not run here, each with the reason; a line is matched by how it starts.
 NOT_RUN = {
-    "python3 -m venv": "makes a virtual environment (the test already runs in one)",
-    "pip install torch --index-url": "downloads torch from pytorch.org",
-    'pip install -e ".[all]"': "installs from the package index (.ci/run does, on a fresh machine)",
-    "napari -w napari-sam2": "opens napari's window and waits for the user (test_menus_read_as_the_readme_says "
-                             "and tests/test_widget.py open the widget headless)",
+    "python3 -m venv": "makes a virtual environment, installs torch and the plugin from the package index and opens "
+                       "napari's window (.ci/run installs the same on a fresh machine; test_menus_read_as_the_readme_"
+                       "says and tests/test_widget.py open the widget headless)",
     "QT_API=pyqt6": "the whole test suite, this test included (.ci/run runs it: test_ci_runs_the_readme_commands)",
     "napari-sam2 models download": "downloads 156 MB from Meta (tests/test_models.py downloads from a local server)",
     "napari-sam2 models register": "names a checkpoint file on the reader's disk (tests/test_models.py registers one)",
@@ -206,7 +204,11 @@ def test_ci_runs_the_readme_commands():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert test_commands[0] in ci.splitlines()
     assert 'pip install -q -e ".[all,testing]"' in ci
-    assert 'pip install -e ".[all]"' in bash_commands()
+    (setup,) = [command for command in bash_commands() if command.startswith("python3 -m venv")]
+    steps = setup.split(" && ")
+    # torch first (pinned: never an unpinned torch from the index), then the plugin with its Qt binding
+    assert steps.index("pip install torch==2.13.0") < steps.index('pip install -e ".[all]"'), steps
+    assert "pip install -q torch==2.13.0" in ci
 
 
 # ---- the menus ------------------------------------------------------------------------------------------------------
@@ -251,7 +253,8 @@ def test_menus_read_as_the_readme_says(make_napari_viewer):
         assert any(entry == name or entry.startswith(name + " → ") for entry in entries), name
 
     # `napari -w napari-sam2 "WIDGET"` takes the widget's own name, without the plugin's
-    (launch,) = [command for command in bash_commands() if command.startswith("napari -w ")]
+    steps = [step for command in bash_commands() for step in command.split(" && ")]
+    (launch,) = [step for step in steps if step.startswith("napari -w")]
     assert launch == f'napari -w {manifest["name"]} "{widget["display_name"]}"'
     dock, _ = viewer.window.add_plugin_dock_widget(manifest["name"], widget["display_name"])
     assert dock.name == "Segment & track (napari-sam2)"  # napari titles the dock with the plugin's package name

@@ -1,8 +1,10 @@
-"""Device choice and the precision policy: bf16 autocast on CUDA, float32 elsewhere."""
+"""Device choice and the precision policy: autocast on CUDA (bfloat16 where the GPU computes it natively, float16
+on older GPUs), float32 elsewhere."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -33,7 +35,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
                 f"Device {device!r} was requested but PyTorch sees no CUDA GPU here "
                 f"(torch {torch.__version__}). Use device='auto' or 'cpu', or install a CUDA build of PyTorch."
             )
-        return torch.device(name)
+        return _cuda_device(name)
     if name == "mps":
         if not _mps_available():
             raise DeviceError("Device 'mps' was requested but Apple MPS is not available. Use 'auto' or 'cpu'.")
@@ -43,8 +45,46 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise DeviceError(f"Unknown device {device!r}. Choose one of: {', '.join(DEVICE_CHOICES)}.")
 
 
+def _cuda_device(name: str) -> torch.device:
+    """'cuda' or 'cuda:N' for a GPU that exists; a DeviceError naming the GPUs there are otherwise."""
+    count = torch.cuda.device_count()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type != "cuda":
+        raise DeviceError(f"Unknown device {name!r}. Use 'cuda' or 'cuda:N' with N from 0 to {count - 1}.")
+    if device.index is not None and device.index >= count:
+        raise DeviceError(
+            f"Device {name!r} does not exist: PyTorch sees {count} GPU(s) here (cuda:0"
+            + (f" to cuda:{count - 1}" if count > 1 else "") + "). Use one of those, or 'auto'."
+        )
+    return device
+
+
+# Compute capability 8.0 (Ampere: A100, RTX 30xx) and later compute bfloat16 natively; older GPUs (T4, V100,
+# RTX 20xx) emulate it slowly, and run float16 on their tensor cores instead.
+NATIVE_BF16_CAPABILITY = 8
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype the model runs in on ``device`` under autocast: bfloat16 on CUDA GPUs with native bf16 (Meta's
+    choice for SAM2), float16 on older CUDA GPUs, None (float32, no autocast) on CPU and MPS."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    major, _ = _cuda_capability(index)
+    return torch.bfloat16 if major >= NATIVE_BF16_CAPABILITY else torch.float16
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bfloat16 autocast on CUDA (fused attention kernels, half the memory); nothing elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """Autocast in :func:`autocast_dtype` on CUDA (fused attention kernels, half the memory); nothing elsewhere."""
+    dtype = autocast_dtype(device) if enabled else None
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=dtype)

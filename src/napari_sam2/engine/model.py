@@ -4,7 +4,7 @@ Attribute names are the official checkpoint's top-level key names. Tensors are b
 first; the batch axis is the image for the image predictor and the object for the tracker.
 Shapes below are for a 1024-px model (S = image_size = 1024, image grid 64 x 64, low-res masks 256 x 256, C = d_model
 = 256, mem_dim = 64); they scale with image_size. Coordinates are (x, y) in model-input pixels. Under CUDA autocast
-tensors may come out bfloat16; on CPU they are float32.
+tensors may come out bfloat16 (float16 on GPUs before Ampere, see devices.autocast_dtype); on CPU float32.
 """
 
 from __future__ import annotations

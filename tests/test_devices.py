@@ -1,0 +1,50 @@
+"""The device and precision policy on a machine with (pretend) CUDA GPUs: which devices exist, and the autocast
+dtype each GPU generation gets. The CUDA calls are stubbed: this runs on any machine."""
+
+import pytest
+import torch
+
+from napari_sam2 import DeviceError
+from napari_sam2.engine import devices
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """Two CUDA GPUs: cuda:0 an Ampere (8.0), cuda:1 a Turing T4 (7.5)."""
+    capabilities = {0: (8, 0), 1: (7, 5)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capabilities[index])
+    devices._cuda_capability.cache_clear()
+    yield
+    devices._cuda_capability.cache_clear()
+
+
+def test_cuda_devices_that_exist_are_resolved(two_gpus):
+    assert devices.resolve_device("cuda") == torch.device("cuda")
+    assert devices.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert devices.resolve_device(torch.device("cuda", 0)) == torch.device("cuda", 0)
+    assert devices.resolve_device("auto").type == "cuda"
+
+
+@pytest.mark.parametrize(
+    "name, message", [("cuda:2", r"sees 2 GPU\(s\).*cuda:0 to cuda:1"), ("cuda:x", "Unknown device")]
+)
+def test_a_cuda_device_that_does_not_exist_is_a_device_error(two_gpus, name, message):
+    with pytest.raises(DeviceError, match=message):
+        devices.resolve_device(name)
+
+
+def test_bf16_on_gpus_that_compute_it_natively_fp16_on_older_ones_float32_elsewhere(two_gpus):
+    assert devices.autocast_dtype(torch.device("cuda", 0)) is torch.bfloat16
+    assert devices.autocast_dtype(torch.device("cuda")) is torch.bfloat16  # the current device, cuda:0
+    assert devices.autocast_dtype(torch.device("cuda", 1)) is torch.float16
+    assert devices.autocast_dtype(torch.device("cpu")) is None
+    assert devices.autocast_dtype(torch.device("mps")) is None
+
+
+def test_autocast_on_cpu_changes_nothing():
+    with devices.autocast(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
