@@ -48,3 +48,35 @@ def test_autocast_on_cpu_changes_nothing():
     with devices.autocast(torch.device("cpu")):
         assert not torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_mps_resizes_fall_back_to_the_cpu_on_an_older_torch_only():
+    assert devices.interpolate_needs_cpu("mps", "bicubic", False, version=(2, 5))
+    assert not devices.interpolate_needs_cpu("mps", "bicubic", False, version=(2, 6))
+    assert devices.interpolate_needs_cpu("mps", "bilinear", True, version=(2, 6))
+    assert not devices.interpolate_needs_cpu("mps", "bilinear", True, version=(2, 7))
+    assert not devices.interpolate_needs_cpu("mps", "bilinear", False, version=(2, 5))
+    assert not devices.interpolate_needs_cpu("cpu", "bicubic", True, version=(2, 5))
+    assert not devices.interpolate_needs_cpu("cuda", "bicubic", True, version=(2, 5))
+
+
+def test_interpolate_is_torch_s_own_call_where_the_device_has_it():
+    x = torch.rand(1, 2, 9, 7)
+    for kwargs in (dict(mode="bicubic"), dict(mode="bilinear", align_corners=False, antialias=True)):
+        expected = torch.nn.functional.interpolate(x, size=(4, 5), **kwargs)
+        assert torch.equal(devices.interpolate(x, size=(4, 5), **kwargs), expected)
+
+
+def test_an_evicted_model_gives_its_device_memory_back(monkeypatch, synthetic_checkpoint):
+    from napari_sam2.models import loaded
+
+    released = []
+    monkeypatch.setattr(loaded, "release_device_memory", released.append)
+    loaded.clear_model_cache()
+    released.clear()
+    paths = [synthetic_checkpoint("sam2.1_hiera_t", seed) for seed in range(loaded.MAX_CACHED_MODELS + 1)]
+    for path in paths:
+        loaded.get_model(path, "cpu")
+    assert released == [torch.device("cpu")]  # the first model, evicted by the last
+    loaded.clear_model_cache()
+    assert released == [torch.device("cpu")] * 2  # then every device with a cached model

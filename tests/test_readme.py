@@ -215,7 +215,8 @@ def test_ci_runs_the_readme_commands():
 
 
 def menu_entries(viewer) -> list[str]:
-    """Every leaf of napari's menu bar as a reader names it: "File → Open Sample → SAM2 → Nuclei 3D (synthetic)"."""
+    """Every leaf of napari's menu bar as a reader names it, e.g.
+    "File → Open Sample → SAM2 → Nuclei 3D (synthetic)"."""
     entries = []
 
     def walk(menu, path):

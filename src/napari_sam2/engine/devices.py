@@ -7,6 +7,7 @@ import contextlib
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import DeviceError
 
@@ -88,3 +89,41 @@ def autocast(device: torch.device, enabled: bool = True):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=dtype)
+
+
+# Apple MPS computes bicubic interpolation from torch 2.6 and antialiased interpolation from torch 2.7; with an older
+# torch those few resizes (Hiera's position embedding, mask resizes) run on the CPU instead of failing.
+MPS_BICUBIC_TORCH = (2, 6)
+MPS_ANTIALIAS_TORCH = (2, 7)
+
+
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+
+
+def interpolate_needs_cpu(device_type: str, mode: str, antialias: bool, version: tuple[int, int] | None = None) -> bool:
+    """Whether ``F.interpolate`` with ``mode`` / ``antialias`` must run on the CPU for a tensor on ``device_type``."""
+    if device_type != "mps":
+        return False
+    version = _torch_version() if version is None else version
+    return (mode == "bicubic" and version < MPS_BICUBIC_TORCH) or (antialias and version < MPS_ANTIALIAS_TORCH)
+
+
+def interpolate(x: torch.Tensor, size=None, mode: str = "nearest", align_corners=None, antialias: bool = False):
+    """``F.interpolate(x, size, mode, align_corners, antialias)``, computed on the CPU (and moved back) where the
+    tensor's device lacks the operation (:func:`interpolate_needs_cpu`); the same call everywhere else."""
+    if interpolate_needs_cpu(x.device.type, mode, antialias):
+        resized = F.interpolate(x.cpu(), size=size, mode=mode, align_corners=align_corners, antialias=antialias)
+        return resized.to(x.device)
+    return F.interpolate(x, size=size, mode=mode, align_corners=align_corners, antialias=antialias)
+
+
+def release_device_memory(device: torch.device) -> None:
+    """Return the memory torch's caching allocator holds unused on ``device`` (a GPU's, after a model was dropped) to
+    the system, so that other programs and the next model can use it; nothing to do on the CPU."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        with torch.cuda.device(device):
+            torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

@@ -14,6 +14,7 @@ from torch import nn
 
 from .blocks import MLP, add_residual_
 from .configs import HieraConfig
+from .devices import interpolate
 
 
 def _pool_nhwc(x, pool):
@@ -159,7 +160,7 @@ class Hiera(nn.Module):
         return self._pos_cache[1]
 
     def _compute_pos_embed(self, hw):
-        pos = F.interpolate(self.pos_embed, size=hw, mode="bicubic")
+        pos = interpolate(self.pos_embed, size=hw, mode="bicubic")
         reps = [p // w for p, w in zip(pos.shape, self.pos_embed_window.shape)]
         pos = pos + self.pos_embed_window.tile(reps)
         return pos.permute(0, 2, 3, 1)

@@ -17,6 +17,7 @@ from torch import nn
 
 from .blocks import MLP, PositionEmbeddingSine, sine_pe_1d
 from .configs import ModelConfig
+from .devices import interpolate
 from .hiera import Hiera
 from .image_encoder import FpnNeck, ImageEncoder
 from .mask_decoder import MaskDecoder, TwoWayTransformer
@@ -178,8 +179,8 @@ class Sam2Model(nn.Module):
             point_coords = torch.zeros(b, 1, 2, device=image_embed.device)
             point_labels = -torch.ones(b, 1, dtype=torch.int32, device=image_embed.device)
         if mask_input is not None and mask_input.shape[-2:] != self.sam_prompt_encoder.mask_input_size:
-            mask_input = F.interpolate(mask_input.float(), size=self.sam_prompt_encoder.mask_input_size,
-                                       mode="bilinear", align_corners=False, antialias=True)
+            mask_input = interpolate(mask_input.float(), size=self.sam_prompt_encoder.mask_input_size,
+                                     mode="bilinear", align_corners=False, antialias=True)
         sparse, dense = self.sam_prompt_encoder(points=(point_coords, point_labels), masks=mask_input)
         multi_logits, ious, tokens, object_score_logits = self.sam_mask_decoder(
             image_embed, self.sam_prompt_encoder.get_dense_pe(), sparse, dense,
@@ -207,8 +208,8 @@ class Sam2Model(nn.Module):
         `_use_mask_as_output`): logits mask * 20 - 10, object score +10 where the mask has a pixel, else -10."""
         mask = mask.float()
         high_res_mask = mask * MASK_INPUT_LOGIT_SCALE + MASK_INPUT_LOGIT_BIAS
-        low_res = F.interpolate(high_res_mask, size=(high_res_mask.shape[-2] // 4, high_res_mask.shape[-1] // 4),
-                                mode="bilinear", align_corners=False, antialias=True)
+        low_res = interpolate(high_res_mask, size=(high_res_mask.shape[-2] // 4, high_res_mask.shape[-1] // 4),
+                              mode="bilinear", align_corners=False, antialias=True)
         ptr = self.decode(image_embed, high_res, mask_input=self.mask_downsample(mask)).obj_ptr
         present = (mask.flatten(1) > 0).any(dim=1, keepdim=True).float()
         obj_ptr = present * ptr + (1 - present) * self.no_obj_ptr

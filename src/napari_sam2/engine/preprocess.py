@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from .devices import interpolate
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +30,7 @@ def model_input(rgb01: torch.Tensor, image_size: int) -> torch.Tensor:
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"model_input expects an RGB tensor shaped (3, height, width); got {tuple(x.shape)}")
     if tuple(x.shape[-2:]) != (image_size, image_size):
-        x = F.interpolate(x[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
+        x = interpolate(x[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[:, None, None]
     return (x - mean) / std

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
+from .devices import interpolate
 from .preprocess import model_coords
 
 POSITIVE, NEGATIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = 1, 0, 2, 3  # SAM's point labels
@@ -75,7 +75,7 @@ def mask_prompt_to_model_space(mask, video_hw: tuple[int, int], image_size: int,
         raise InputError(f"The mask prompt has shape {tuple(mask.shape)}, the frames are {tuple(video_hw)}.")
     mask = mask.bool()[None, None].float()
     if tuple(mask.shape[-2:]) != (image_size, image_size):
-        mask = F.interpolate(mask, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+        mask = interpolate(mask, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
         mask = (mask >= 0.5).float()
     return mask
 

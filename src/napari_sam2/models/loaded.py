@@ -9,6 +9,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from ..engine import Sam2Model, load_model, resolve_device
+from ..engine.devices import release_device_memory
 from ..engine.preprocess import Preprocessing, preprocessing_profile
 from ..errors import InputError
 from .registry import DEFAULT_MODEL, _find_local, _find_official, model_path
@@ -45,7 +46,11 @@ def get_model(model=DEFAULT_MODEL, device="auto") -> Sam2Model:
         loaded = load_model(path, device=target)
         _cache[key] = loaded
         while len(_cache) > MAX_CACHED_MODELS:
-            _cache.popitem(last=False)
+            # The evicted model's GPU memory goes back once no session holds it (the allocator keeps it otherwise).
+            _, evicted = _cache.popitem(last=False)
+            device = evicted.device
+            del evicted
+            release_device_memory(device)
         return loaded
 
 
@@ -67,4 +72,7 @@ def preprocessing_for(model=DEFAULT_MODEL, preprocessing=None) -> Preprocessing:
 def clear_model_cache() -> None:
     """Forget every loaded model (their memory is freed once nothing else holds them)."""
     with _lock:
+        devices = {model.device for model in _cache.values()}
         _cache.clear()
+    for device in devices:
+        release_device_memory(device)
