@@ -48,7 +48,7 @@ class PreparedStack:
 
     @property
     def n_frames(self) -> int:
-        return self.axes.shape[self.axes.frame_axis]
+        return self.axes.n_frames
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
@@ -130,10 +130,9 @@ def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None
         raise InputError(f"{job.stack}: {error}") from None
     image = _laid_out(image, axes)
     runs = read_prompt_file(job.prompts, axes)
-    height, width = (axes.shape[a] for a in axes.spatial_axes)
     for prompts in runs.values():
         try:
-            check_prompts_fit(prompts, axes.shape[axes.frame_axis], (height, width))
+            check_prompts_fit(prompts, axes.n_frames, axes.frame_size)
         except InputError as error:
             raise InputError(f"{job.prompts}: {error}") from None
     return PreparedStack(job, image, axes, chosen, runs)

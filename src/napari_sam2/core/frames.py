@@ -84,10 +84,7 @@ class StackFrames:
         self._layout = axis_roles(data.shape, axis, channel_axis, fixed_indices)
         self._channels = _chosen_channels(self._layout, channels)
         self._image_size = whole_number(image_size, "image_size", minimum=1)
-        try:
-            self._preprocessing = preprocessing_profile(preprocessing)
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
+        self._preprocessing = preprocessing_profile(preprocessing)  # an InputError for an unknown profile
         prefetch = whole_number(prefetch, "prefetch", minimum=0)
 
         self._ranges_lock = threading.Lock()
@@ -103,13 +100,12 @@ class StackFrames:
         self._cache = PrefetchCache(self._prepare, len(self), depth=prefetch)
 
     def __len__(self) -> int:
-        return self._layout.shape[self._layout.frame_axis]
+        return self._layout.n_frames
 
     @property
     def original_size(self) -> tuple[int, int]:
         """(height, width) of the user's frames, in pixels."""
-        height_axis, width_axis = self._layout.spatial_axes
-        return self._layout.shape[height_axis], self._layout.shape[width_axis]
+        return self._layout.frame_size
 
     @property
     def image_size(self) -> int:

@@ -124,7 +124,7 @@ def _coordinate_columns(header: list[str], axes: StackAxes) -> tuple[list[int], 
 def _given_axes(axes: StackAxes) -> list[int]:
     """The axes a CSV must give coordinates on: those of the labels, less a frame axis of length 1 (a single
     plane, or a stack of one frame), whose points are all on frame 0."""
-    single_frame = axes.shape[axes.frame_axis] == 1
+    single_frame = axes.n_frames == 1
     return [axis for axis in axes.label_axes if not (single_frame and axis == axes.frame_axis)]
 
 
