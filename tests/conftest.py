@@ -8,6 +8,7 @@ skip with a message, unless $NAPARI_SAM2_REQUIRE_GOLDEN=1 (set by .ci/run): then
 import importlib.util
 import json
 import os
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
+
+# The process-wide feature cache: features on disk go to a folder of this run's (never the user's cache), and the
+# in-memory part stays small (the tests' models are mostly 256 px: 1 MiB a frame).
+os.environ.setdefault("NAPARI_SAM2_FEATURES", tempfile.mkdtemp(prefix="napari-sam2-test-features-"))
+os.environ.setdefault("NAPARI_SAM2_FEATURE_CACHE_MB", "256")
 
 
 def pytest_addoption(parser):

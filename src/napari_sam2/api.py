@@ -23,7 +23,7 @@ from .models.loaded import DEFAULT_MODEL, clear_model_cache, get_model, preproce
 
 __all__ = [
     "DEFAULT_MODEL", "DIRECTIONS", "FrameLabels", "Prompt", "Propagation", "TrackingSession",
-    "clear_model_cache", "get_model", "segment_image", "segment_stack", "stream_stack",
+    "clear_model_cache", "get_model", "precompute_features", "segment_image", "segment_stack", "stream_stack",
 ]
 
 
@@ -169,6 +169,37 @@ def segment_stack(
         if progress is not None:
             progress(len(done), run.total)
     return labels
+
+
+def precompute_features(
+    stack,
+    axis: int = 0,
+    model=DEFAULT_MODEL,
+    device="auto",
+    progress: Callable[[int, int], None] | None = None,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+    intensity_range=None,
+    fixed_indices=None,
+    preprocessing=None,
+) -> int:
+    """Compute the image features of every frame of ``stack`` (as :func:`segment_stack` would see it) and store
+    them on disk, so that later runs, clicks and sessions on these frames, in any process, skip the image encoder
+    (the costliest step: half of a tracked frame on a CPU). Frames already stored are skipped, so an interrupted
+    run resumes. ``progress(frames_done, frames_total)`` is called after each frame. Returns the number of frames.
+
+    The features go to ``<checkpoint cache>/features`` (NAPARI_SAM2_CACHE moves it), ~16 MiB per frame of a
+    1024-px model; they are found again only with the same model, device type, precision and the same frames,
+    channels, intensity range and preprocessing (delete that folder to reclaim the space). Other arguments as in
+    :func:`stream_stack`.
+    """
+    with TrackingSession(stack, axis=axis, model=model, device=device, channel_axis=channel_axis, channels=channels,
+                         intensity_range=intensity_range, fixed_indices=fixed_indices, preprocessing=preprocessing,
+                         prefetch=2) as session:
+        for done, _ in enumerate(session.precompute_features(), start=1):
+            if progress is not None:
+                progress(done, session.n_frames)
+        return session.n_frames
 
 
 def _image_as_one_frame(

@@ -28,7 +28,8 @@ the events so far describe.
 Run kinds: "live" (the prompts changed: the changed (slice, object) pairs are decoded), "slice" (*Segment slice*:
 the same, and the masks of every object prompted on the shown slice are written again), "propagate" (a full run
 from the prompts), "corrections" (re-tracking from the slices prompted since the last run), "retrack" (a full run
-of some objects only).
+of some objects only), "precompute" (the image features of every slice stored on disk: ``frame_done`` then carries
+None instead of labels).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 IDLE, RUNNING, CANCELLING = "idle", "running", "cancelling"
 LIVE, SLICE, PROPAGATE, CORRECTIONS, RETRACK = "live", "slice", "propagate", "corrections", "retrack"
+PRECOMPUTE = "precompute"
 SLICE_KINDS = (LIVE, SLICE)
 DOWNLOAD_REPORT_S = 0.1  # at most ~10 download progress events a second reach the GUI
 
@@ -123,6 +125,13 @@ class _Download:
 @dataclass(frozen=True)
 class _Warning:
     message: str
+
+
+@dataclass(frozen=True)
+class _FrameProgress:
+    """A frame done without labels to write (precomputation)."""
+
+    frame: int
 
 
 class RunCancelled(Exception):
@@ -315,6 +324,15 @@ class TrackingController:
             session_steps, run, prompts, direction, frame_range, obj_ids))
         return True
 
+    def precompute(self, spec: SessionSpec) -> bool:
+        """Compute the image features of every slice not yet stored and store them on disk, so that clicks and runs
+        on these slices, now and in later sessions, skip the image encoder. Returns False while another run is in
+        progress."""
+        if not self._begin(PRECOMPUTE, spec, "Preparing…"):
+            return False
+        self._start(lambda session_steps, run: self._precompute_steps(session_steps))
+        return True
+
     def remove_object(self, obj_id: int) -> bool:
         """Forget an object's prompts and masks in the session (the caller removes its points and labels). Returns
         False while a run is in progress."""
@@ -427,7 +445,7 @@ class TrackingController:
             self.events.started.emit(item.kind, item.total, item.description)
         elif isinstance(item, _Warning):
             self.events.warning.emit(item.message)
-        elif isinstance(item, FrameLabels):
+        elif isinstance(item, (FrameLabels, _FrameProgress)):
             if run.abort_message is not None:
                 return  # the run's target is gone: nothing more is written
             run.frames.add(item.frame)
@@ -435,7 +453,7 @@ class TrackingController:
             done = len(run.frames)
             if run.total and not run.stop.is_set():
                 self.status = f"{done} / {run.total} slices"
-            self.events.frame_done.emit(item, done, run.total)
+            self.events.frame_done.emit(item if isinstance(item, FrameLabels) else None, done, run.total)
 
     def _done(self, run: _Run, error: BaseException | None) -> None:
         if run is not self._run:
@@ -463,6 +481,8 @@ class TrackingController:
             self.last_outcome = "finished"
             if run.kind in SLICE_KINDS:
                 self.status = ""
+            elif run.kind == PRECOMPUTE:
+                self.status = f"Image features of {done} slice(s) stored: runs on them skip the image encoder."
             else:
                 self.status = f"Done: {done} slice(s)."
             self.events.finished.emit(run.kind, done)
@@ -509,6 +529,12 @@ class TrackingController:
                     again = FrameLabels(frame, keep, masks)
                     yield again
                     yield from _empty_mask_warnings(again, prompted, negative_only)
+
+    def _precompute_steps(self, session_steps) -> Iterator:
+        session = yield from session_steps()
+        yield _Started(PRECOMPUTE, session.n_frames, "Precomputing image features")
+        for frame in session.precompute_features():
+            yield _FrameProgress(frame)
 
     def _propagation_steps(self, session_steps, run, prompts, direction, frame_range, obj_ids) -> Iterator:
         missing = sorted(set(obj_ids or ()) - {obj_id for _, obj_id in _pairs(prompts)})

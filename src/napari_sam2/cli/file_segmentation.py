@@ -7,6 +7,7 @@ The command line's ``segment`` is a thin layer over this module.
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import tempfile
 from dataclasses import dataclass, replace
@@ -123,11 +124,7 @@ def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None
     ``with_pixels`` when a stack's turn comes.
     """
     image = read_tiff(job.stack, pixels=pixels)
-    try:
-        axes = stack_axes(image.axes, image.data.shape, axis)
-        chosen = _chosen_channels(axes, channels)
-    except InputError as error:
-        raise InputError(f"{job.stack}: {error}") from None
+    axes, chosen = stack_layout(job.stack, image, axis, channels)
     image = _laid_out(image, axes)
     runs = read_prompt_file(job.prompts, axes)
     for prompts in runs.values():
@@ -193,6 +190,49 @@ def segment_prepared(
                     progress(done, sum(run_totals.values()))
         run_totals[position] = len(finished)  # a run may end early; count what it did
     return labels
+
+
+def precompute_file(path: Path, model, axis=None, channels: Sequence[int] | None = None, intensity_range=None,
+                    progress: Callable[[int, int], None] | None = None, preprocessing=None) -> int:
+    """Store on disk the image features of every frame `segment` could track in the stack at ``path``: along the
+    frame axis, at every position of the further axes (api.precompute_features). Returns the frames done."""
+    from ..api import precompute_features  # torch: only once a stack is processed
+
+    image = read_tiff(path)
+    axes, chosen = stack_layout(path, image, axis, channels)
+    image = _laid_out(image, axes)
+    positions = further_positions(axes)
+    total = len(positions) * axes.n_frames
+    done = 0
+
+    def step(frames_done: int, _):
+        if progress is not None:
+            progress(done + frames_done, total)
+
+    for position in positions:
+        done += precompute_features(
+            image.data, axis=axes.frame_axis, model=model, progress=step, channel_axis=axes.channel_axis,
+            channels=chosen, intensity_range=intensity_range, fixed_indices=dict(position) or None,
+            preprocessing=preprocessing,
+        )
+    return done
+
+
+def stack_layout(path: Path, image: TiffStack | None = None, axis=None, channels: Sequence[int] | None = None):
+    """(StackAxes, chosen channels) of the stack at ``path`` (read without pixels unless ``image`` is given);
+    InputError naming the file where the axis or channels do not fit."""
+    image = read_tiff(path, pixels=False) if image is None else image
+    try:
+        axes = stack_axes(image.axes, image.data.shape, axis)
+        return axes, _chosen_channels(axes, channels)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
+
+
+def further_positions(axes: StackAxes) -> list[Position]:
+    """Every position of the axes that are neither the frame, channel nor image axes (one empty position if none)."""
+    further = [a for a in range(len(axes.shape)) if a not in (axes.frame_axis, axes.channel_axis, *axes.spatial_axes)]
+    return [tuple(zip(further, index)) for index in itertools.product(*(range(axes.shape[a]) for a in further))]
 
 
 def write_labels(stack: PreparedStack, labels: np.ndarray, overwrite: bool) -> None:

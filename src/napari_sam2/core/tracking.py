@@ -20,8 +20,10 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..engine import FrameResult, Sam2Model, Tracker
+from ..engine.feature_cache import FeatureCache
 from ..errors import InputError, translate_out_of_memory
 from ..models.loaded import DEFAULT_MODEL, get_model, preprocessing_for
+from .feature_store import precompute_features, shared_feature_cache
 from .frame_labels import FrameLabels, highest_logit_wins
 from .frames import StackFrames
 from .prompts import DIRECTIONS, EnginePrompt, Prompt, check_prompts_fit, group_prompts, prompt_list
@@ -62,6 +64,9 @@ class TrackingSession:
     :class:`napari_sam2.core.frames.StackFrames`; ``model`` a name, checkpoint path or loaded model.
     ``preprocessing``: the model's input preprocessing (a Preprocessing or "sam2" / "micro_sam"); by default the
     registry's profile for a registry name (e.g. "hvit_t_cells" -> "micro_sam"), else SAM2's.
+    ``feature_cache``: where image features are kept and looked up (engine.feature_cache): by default the
+    process-wide cache over the on-disk store (core.feature_store.shared_feature_cache), so clicks, corrections,
+    further runs and other sessions on the same frames never run the image encoder twice; None for none.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class TrackingSession:
         fixed_indices=None,
         prefetch: int = 2,
         preprocessing=None,
+        feature_cache: FeatureCache | None | str = "shared",
     ):
         preprocessing = preprocessing_for(model, preprocessing)
         self.model: Sam2Model = get_model(model, device)
@@ -90,7 +96,10 @@ class TrackingSession:
             fixed_indices=fixed_indices,
             preprocessing=preprocessing,
         )
-        self._tracker = Tracker(self.model, _ModelFrames(self.frames))
+        if feature_cache == "shared":
+            feature_cache = shared_feature_cache()
+        self.feature_cache: FeatureCache | None = feature_cache
+        self._tracker = Tracker(self.model, _ModelFrames(self.frames), feature_cache=feature_cache)
         self._given: dict[tuple[int, int], EnginePrompt] = {}  # (frame, obj_id) -> what the tracker holds
         self._changed: set[tuple[int, int]] = set()  # pairs prompted or changed since the last finished run
         self._stale: set[int] = set()  # objects with prompts deleted since their last run: re-track them whole
@@ -238,6 +247,25 @@ class TrackingSession:
 
         chosen = afresh | {obj_id for obj_ids in corrected.values() for obj_id in obj_ids}
         return Propagation(self._labelled(results(), chosen), self.n_frames, self.n_frames, self.frame_size)
+
+    def precompute_features(self) -> Iterator[int]:
+        """Compute the image features of every frame not yet on disk and store them there
+        (core.feature_store.precompute_features: yields each frame index as it is done; stop iterating to stop, the
+        next call resumes). Later clicks, runs and sessions on these frames, in this process or another, skip the
+        image encoder."""
+        cache = self.feature_cache if self.feature_cache is not None else shared_feature_cache()
+        with translate_out_of_memory(self.model.device):
+            for index, key in precompute_features(self.model, _ModelFrames(self.frames), cache):
+                self._tracker.feature_keys[index] = key
+                yield index
+
+    def cached_frames(self) -> int:
+        """How many frames' features are cached (in memory or on disk), among the frames whose model input this
+        session has seen (a frame never read counts as not cached)."""
+        cache = self.feature_cache
+        if cache is None:
+            return 0
+        return sum(key in cache for key in self._tracker.feature_keys.values())
 
     def close(self) -> None:
         """Release the frame reader's background thread and the tracker's temporary memory file."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import xxhash
 from torch import nn
 
 from .blocks import MLP, PositionEmbeddingSine, sine_pe_1d
@@ -153,6 +154,20 @@ class Sam2Model(nn.Module):
         """Side S of the square model input, pixels."""
         return self.config.image_size
 
+    @property
+    def signature(self) -> str:
+        """A 128-bit hex hash of the configuration and every weight: what a cached result of this model is keyed by
+        (engine.feature_cache). Computed once (a fraction of a second for the large model); do not change the
+        weights of a model in use."""
+        if getattr(self, "_signature", None) is None:
+            digest = xxhash.xxh3_128(repr(self.config).encode())
+            for name, tensor in self.state_dict().items():
+                data = tensor.detach().cpu().contiguous()
+                digest.update(name.encode())
+                digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._signature = digest.hexdigest()
+        return self._signature
+
     # ---- image -------------------------------------------------------------------------
     def encode_image(self, image: torch.Tensor) -> FrameFeatures:
         """image (B, 3, S, S) float32, RGB normalised with ImageNet mean / std (preprocess.model_input) -> the stride-16
@@ -161,6 +176,18 @@ class Sam2Model(nn.Module):
         fpn = out["backbone_fpn"]
         high_res = (self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1]))
         return FrameFeatures(fpn[-1], out["vision_pos_enc"][-1], high_res)
+
+    @staticmethod
+    def cacheable(features: "FrameFeatures") -> tuple:
+        """One frame's features as a feature-cache entry (vision, high_res_0, high_res_1); the position encoding is
+        left out (the same for every frame: `features_from` rebuilds it)."""
+        return (features.vision, *features.high_res)
+
+    def features_from(self, entry: tuple) -> "FrameFeatures":
+        """FrameFeatures on this model's device from a feature-cache entry (`cacheable`)."""
+        vision, *high_res = (t.to(self.device, non_blocking=True) for t in entry)
+        pos = self.image_encoder.neck.position_encoding(vision)
+        return FrameFeatures(vision, pos, tuple(high_res))
 
     # ---- prompts -> masks ---------------------------------------------------------------
     def decode(self, image_embed: torch.Tensor, high_res: tuple, point_coords: torch.Tensor | None = None,

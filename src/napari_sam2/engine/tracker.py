@@ -14,11 +14,11 @@ earlier tracking and tracks each object outward from its own prompted frames, so
 prompts always give the same masks, whatever was clicked and propagated before.
 
 Where it departs from Meta's implementation, on purpose:
-- Frames are read from `frames` when needed and dropped; image features are kept for the
-  last two frames only. Every tracked frame's memory and mask are kept, as Meta keeps them,
-  but only the `keep_frames` most recently used per object stay in memory: the others go to
-  a temporary file and are read back, bit for bit, when a pass needs them. Host memory stays
-  flat however long the stack, and results are exact.
+- Frames are read from `frames` when needed and dropped; image features are kept for the last two frames and, with
+  a `feature_cache`, for as many frames as the cache holds, shared with other trackers. Every tracked frame's memory
+  and mask are kept, as Meta keeps them, but only the `keep_frames` most recently used per object stay in memory:
+  the others go to a temporary file and are read back, bit for bit, when a pass needs them. Host memory stays flat
+  however long the stack, and results are exact.
 - All objects share one image-encoder pass per frame; memory attention, the mask decoder
   and the memory encoder run batched over objects whose memories have the same layout.
 - Small holes are filled everywhere (no CUDA extension needed).
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from .devices import autocast
+from .feature_cache import FeatureCache, encode_image, feature_key
 from .host_memory import map_large_buffers, outside_heap, release_freed_host_memory
 from .memory_bank import AttendedMemory, gather_memory
 from .model import DecoderOutput, FrameFeatures, Sam2Model
@@ -67,7 +68,7 @@ class Tracker:
     def __init__(self, model: Sam2Model, frames, *, keep_frames: Optional[int] = 16,
                  offload_memory_to_cpu: bool = False, non_overlap_masks: bool = False,
                  fill_hole_area: Optional[int] = None, batch_objects: Optional[bool] = None,
-                 memory_folder: Optional[str] = None):
+                 memory_folder: Optional[str] = None, feature_cache: Optional[FeatureCache] = None):
         """keep_frames: tracked frames per object whose memories and masks stay in memory (at least
         num_maskmem - 1); the others are written to a temporary file in `memory_folder` (default: the
         system's temporary folder) and read back when needed, with the same results. None keeps all in
@@ -77,7 +78,11 @@ class Tracker:
         batch_objects: track objects with the same memory layout in one batch. None (default): on a GPU
         only. On CPU one object at a time is faster (4 objects at 512 px: 24 s vs 29 s for 10 frames) and
         reproduces Meta's predictor bit for bit (a batch of B rows takes other matrix kernels than Meta's one
-        row, which round differently)."""
+        row, which round differently).
+
+        feature_cache: where image features are looked up before the image encoder runs and kept after (shared by
+        trackers, sessions and, with a disk store, processes: engine.feature_cache); None keeps the last two
+        frames' only."""
         if len(frames) < 1:
             raise InputError("The stack has no frames to track.")
         cfg = model.config
@@ -95,6 +100,8 @@ class Tracker:
         self._features: "OrderedDict[int, FrameFeatures]" = OrderedDict()
         self._maskmem_pos: Optional[torch.Tensor] = None
         self._spill = SpillStore(self.keep_frames, folder=memory_folder)
+        self.feature_cache = feature_cache
+        self.feature_keys: dict = {}  # frame -> its feature-cache key, once read (the frames never change)
         map_large_buffers()  # the biggest per-frame buffers bypass the heap (host_memory)
 
     # ---- public API ----------------------------------------------------------------------
@@ -483,23 +490,34 @@ class Tracker:
         return outside_heap(t.detach().to(self.storage_device))
 
     def _frame_features(self, frame_idx) -> FrameFeatures:
-        """Image features of a frame; the last two frames' are kept (prompts and memory
-        encoding revisit the frame just seen)."""
+        """Image features of a frame: the last two frames' are kept (prompts and memory encoding revisit the frame
+        just seen); then the feature cache is asked (a frame whose key is known is not even read); then the image
+        encoder runs."""
         if frame_idx in self._features:
             self._features.move_to_end(frame_idx)
             return self._features[frame_idx]
+        cache, key = self.feature_cache, self.feature_keys.get(frame_idx)
+        entry = None if key is None else cache.get(key)
+        if entry is not None:
+            features = self.model.features_from(entry)
+        else:
+            image = self._model_input(frame_idx)
+            if cache is not None:
+                key = self.feature_keys[frame_idx] = feature_key(self.model, image)
+            features = encode_image(self.model, image, cache, key)
+        self._features[frame_idx] = features
+        while len(self._features) > 2:
+            self._features.popitem(last=False)
+        return features
+
+    def _model_input(self, frame_idx) -> torch.Tensor:
         image = self.frames[frame_idx]
         if not isinstance(image, torch.Tensor):
             image = torch.as_tensor(np.asarray(image))
         size = self.model.image_size
         if tuple(image.shape) != (3, size, size):
             raise InputError(f"frames[{frame_idx}] has shape {tuple(image.shape)}; the model needs (3, {size}, {size}).")
-        with torch.no_grad(), autocast(self.device):
-            features = self.model.encode_image(image.to(self.device, torch.float32)[None])
-        self._features[frame_idx] = features = features.map(outside_heap)
-        while len(self._features) > 2:
-            self._features.popitem(last=False)
-        return features
+        return image
 
     def _object(self, obj_id, create=False) -> ObjectState:
         obj_id = check_obj_id(obj_id)
