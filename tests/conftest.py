@@ -145,3 +145,47 @@ def mini_model():
     model = build_model(config)
     model.load_state_dict(synthetic_state_dict(config, 1))
     return model.eval()
+
+
+@pytest.fixture
+def encoder_calls(fast_model):
+    """One entry per image the fast model's image encoder computed (from any thread); the wrapper is removed
+    afterwards."""
+    calls = []
+    real = fast_model.encode_image
+
+    def counting(images):
+        calls.extend([None] * int(images.shape[0]))
+        return real(images)
+
+    fast_model.encode_image = counting  # an instance attribute over the method
+    try:
+        yield calls
+    finally:
+        del fast_model.encode_image
+
+
+@pytest.fixture
+def use_fast_model(monkeypatch, fast_model):
+    """The command line loads the fast model whatever --model says (and records what it was asked for)."""
+    from napari_sam2.cli import commands as cli
+
+    asked = []
+
+    def load(name_or_path, device, quiet):
+        asked.append((name_or_path, device))
+        return fast_model
+
+    monkeypatch.setattr(cli, "_load_model", load)
+    return asked
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Bad input must be refused before any model is loaded."""
+    from napari_sam2.cli import commands as cli
+
+    def load(*args):
+        raise AssertionError("a model was loaded for bad input")
+
+    monkeypatch.setattr(cli, "_load_model", load)

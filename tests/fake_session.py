@@ -33,7 +33,7 @@ class FakeSession:
     instances: list["FakeSession"] = []
 
     def __init__(self, stack, axis=0, model=None, device="auto", channel_axis=None, channels=None,
-                 intensity_range=None, fixed_indices=None, delay=0.0):
+                 intensity_range=None, fixed_indices=None, delay=0.0, fast=False):
         self.stack, self.axis, self.model = stack, axis, model
         shape = np.shape(stack)
         self.n_frames = shape[axis]

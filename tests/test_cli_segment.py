@@ -47,29 +47,6 @@ def expected(stack, prompts, fast_model):
     return segment_stack(stack, prompts, model=fast_model)
 
 
-@pytest.fixture
-def use_fast_model(monkeypatch, fast_model):
-    """The command loads the fast model whatever --model says (and records what it was asked for)."""
-    asked = []
-
-    def load(name_or_path, device, quiet):
-        asked.append((name_or_path, device))
-        return fast_model
-
-    monkeypatch.setattr(cli, "_load_model", load)
-    return asked
-
-
-@pytest.fixture
-def no_model(monkeypatch):
-    """Bad input must be refused before any model is loaded."""
-
-    def load(*args):
-        raise AssertionError("a model was loaded for bad input")
-
-    monkeypatch.setattr(cli, "_load_model", load)
-
-
 def save_points_csv(path, prompts, to_coordinates):
     """Write prompts the way napari's Points layer "Save" writes them (napari's own writer, our widget's features).
 

@@ -31,15 +31,48 @@ def load_extra(name):
     return side, arrays
 
 
-@pytest.mark.parametrize("name", SCENARIOS)
-def test_extra_scenario_matches_reference(name, golden_dir, compare_module, synthetic_checkpoint):
-    torch.set_num_threads(2)
+def scenario_inputs(name, golden_dir, synthetic_checkpoint):
+    """(sidecar, golden arrays, model, frames) of an extra scenario."""
     side, gold = load_extra(name)
     frames = frames_from_spec(side["frames"], golden_dir)
     assert frames_sha256(frames) == side["frames"]["sha256_u8"], f"{name}: the frames are not the golden's any more"
     size = side["image_size"]
     config = get_config(side["config"]).with_(image_size=size)
     model = load_model(synthetic_checkpoint(side["config"], side["checkpoint"]["seed"]), device="cpu", config=config)
-    tracker = Tracker(model, TensorFrames(model_inputs(frames, size), side["video_hw"]))
-    produced = run_calls(tracker, side["calls"])
+    return side, gold, model, TensorFrames(model_inputs(frames, size), side["video_hw"])
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_extra_scenario_matches_reference(name, golden_dir, compare_module, synthetic_checkpoint):
+    torch.set_num_threads(2)
+    side, gold, model, frames = scenario_inputs(name, golden_dir, synthetic_checkpoint)
+    produced = run_calls(Tracker(model, frames), side["calls"])
+    assert_matches_golden(compare_module, side, gold, produced)
+
+
+def test_cached_features_and_a_restart_from_disk_match_the_reference(golden_dir, compare_module, synthetic_checkpoint,
+                                                                       tmp_path):
+    """The feature cache on (in memory, written to the zarr store), then a restart (a new process's view: nothing in
+    memory, every frame read back from the store): both runs match Meta's outputs, and the second never runs the image
+    encoder. The scenario revisits frames (reverse passes, corrections), as the cache is for."""
+    from napari_sam2.core.feature_store import ZarrFeatureStore
+    from napari_sam2.engine.feature_cache import FeatureCache
+
+    torch.set_num_threads(2)
+    side, gold, model, frames = scenario_inputs("video_sam2_t_correction_after_reverse", golden_dir,
+                                                synthetic_checkpoint)
+    store = ZarrFeatureStore(tmp_path / "features")
+    first = FeatureCache(1 << 30, store, write_store=True)
+    assert_matches_golden(compare_module, side, gold, run_calls(Tracker(model, frames, feature_cache=first), side["calls"]))
+    assert len(store.keys()) == first.misses > 0 and first.hits > 0  # each frame encoded once, then reused
+
+    encoded = []
+    encode = model.encode_image
+    model.encode_image = lambda image: encoded.append(1) or encode(image)
+    try:
+        restarted = FeatureCache(0, store)
+        produced = run_calls(Tracker(model, frames, feature_cache=restarted), side["calls"])
+    finally:
+        del model.encode_image
+    assert encoded == [] and restarted.store_hits > 0 and restarted.misses == 0
     assert_matches_golden(compare_module, side, gold, produced)

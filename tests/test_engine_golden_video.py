@@ -40,15 +40,14 @@ def _debug_capture(tracker, scenario):
     return state, capture
 
 
-@pytest.mark.parametrize("scenario", ["video_sam2.1_t", "video_sam2_t"])
-def test_video_scenario_matches_reference(scenario, golden_dir, compare_module, synthetic_checkpoint):
-    torch.set_num_threads(2)
-    side, gold = load_golden(golden_dir, scenario)
-    model = load_model(synthetic_checkpoint(side["config"], side["checkpoint"]["seed"]), device="cpu")
-    tracker = Tracker(model, GoldenFrames(gold["frames_u8"], side["video_hw"]))
+def run_scenario(model, side, gold, scenario, **tracker_kwargs) -> dict:
+    """The scenario's calls on a new Tracker, with the debug arrays the golden data hold."""
+    tracker = Tracker(model, GoldenFrames(gold["frames_u8"], side["video_hw"]), **tracker_kwargs)
     state, capture = _debug_capture(tracker, scenario)
-    produced = run_calls(tracker, side["calls"], on_call=lambda i: state.update(call=i))
-
+    try:
+        produced = run_calls(tracker, side["calls"], on_call=lambda i: state.update(call=i))
+    finally:
+        model.__dict__.pop("condition_on_memory", None)  # _debug_capture's wrapper
     obj_idx, frame = CAPTURE_MASKMEM[scenario]
     obj = list(tracker._objects.values())[obj_idx]
     mem = obj.cond.get(frame) or obj.non_cond.get(frame)
@@ -57,4 +56,13 @@ def test_video_scenario_matches_reference(scenario, golden_dir, compare_module, 
     if capture is not None:
         assert state["pix"] is not None, "the captured frame was never tracked"
         produced["debug_pix_feat_with_mem"] = state["pix"].numpy().astype(np.float16)
-    assert_matches_golden(compare_module, side, gold, produced)
+    return produced
+
+
+@pytest.mark.parametrize("scenario", ["video_sam2.1_t", "video_sam2_t"])
+def test_video_scenario_matches_reference(scenario, golden_dir, compare_module, synthetic_checkpoint):
+    torch.set_num_threads(2)
+    side, gold = load_golden(golden_dir, scenario)
+    model = load_model(synthetic_checkpoint(side["config"], side["checkpoint"]["seed"]), device="cpu")
+    assert_matches_golden(compare_module, side, gold, run_scenario(model, side, gold, scenario))
+

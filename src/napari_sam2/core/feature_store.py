@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +29,7 @@ from ..engine.feature_cache import DEFAULT_MAX_BYTES, FeatureCache, encode_image
 from ..errors import InputError
 from ..models.registry import cache_dir
 
+STALE_WRITE_S = 3600  # a temporary folder this old is a write that was killed
 _STORED_AS = {torch.bfloat16: torch.int16}  # numpy / zarr have no bfloat16
 _DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in (torch.float32, torch.float16, torch.bfloat16)}
 
@@ -44,6 +46,7 @@ class ZarrFeatureStore:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
+        self._swept = False
 
     def _path(self, key: str) -> Path:
         if not key or "/" in key or "\\" in key or key.startswith("."):
@@ -81,7 +84,10 @@ class ZarrFeatureStore:
             return
         tmp = self.folder / f".tmp-{key}-{uuid.uuid4().hex}"
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            if not self.folder.is_dir():
+                self.folder.mkdir(parents=True, exist_ok=True)
+            elif not self._swept:
+                self._sweep()
             group = zarr.open_group(store=str(tmp), mode="w")
             for i, tensor in enumerate(entry):
                 array, order = _physical(tensor)
@@ -95,9 +101,23 @@ class ZarrFeatureStore:
             if path.exists():  # another process wrote the same frame first
                 return
             raise InputError(
-                f"Cannot write image features to {self.folder}: {exc}. Free disk space, or set NAPARI_SAM2_CACHE "
-                "to another folder."
+                f"Cannot write image features to {self.folder}: {exc}. Free disk space, or set NAPARI_SAM2_FEATURES "
+                "(or NAPARI_SAM2_CACHE) to another folder."
             ) from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _sweep(self) -> None:
+        """Remove what writes killed midway left (temporary folders over an hour old), once per store."""
+        self._swept = True
+        cutoff = time.time() - STALE_WRITE_S
+        for leftover in self.folder.glob(".tmp-*"):
+            try:
+                if leftover.stat().st_mtime < cutoff:
+                    shutil.rmtree(leftover, ignore_errors=True)
+            except OSError:
+                pass
 
     def clear(self) -> None:
         """Delete every entry."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputError
 from .configs import CONFIGS, ModelConfig, get_config
 from .devices import resolve_device
 from .model import Sam2Model
@@ -142,3 +142,18 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "auto",
     model.load_state_dict(state, strict=True)
     model.requires_grad_(False)  # inference only: no autograd graph, ever
     return model.to(target).eval()
+
+
+def at_image_size(model: Sam2Model, image_size: int) -> Sam2Model:
+    """The same weights at another square input size S (pixels; a multiple of 64 keeps every feature grid whole), on
+    the same device, in eval mode. Hiera's position embeddings are interpolated to the new grid as the model runs
+    (bicubic, as Meta does for any input size), so a smaller S trades accuracy for speed: the encoder's cost falls
+    with S^2 and memory attention's with S^4."""
+    if image_size == model.image_size:
+        return model
+    if image_size < 64 or image_size % 64:
+        raise InputError(f"image_size must be a multiple of 64 of at least 64 pixels; got {image_size}.")
+    resized = build_model(model.config.with_(image_size=image_size))
+    resized.load_state_dict(model.state_dict(), strict=True)
+    resized.requires_grad_(False)
+    return resized.to(model.device).eval()

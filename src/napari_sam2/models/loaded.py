@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
 from ..engine import Sam2Model, load_model, resolve_device
+from ..engine.checkpoints import at_image_size
 from ..engine.devices import release_device_memory
 from ..engine.preprocess import Preprocessing, preprocessing_profile
 from ..errors import InputError
@@ -18,15 +20,20 @@ from .registry import DEFAULT_MODEL, _find_local, _find_official, model_path
 MAX_CACHED_MODELS = 2
 
 _cache: "OrderedDict[tuple, Sam2Model]" = OrderedDict()
-_lock = threading.Lock()
+_fast_models: "weakref.WeakKeyDictionary[Sam2Model, Sam2Model]" = weakref.WeakKeyDictionary()
+_lock = threading.RLock()
+FAST_IMAGE_SIZE = 512  # the fast mode's model input, pixels (SAM2's own is 1024)
 
 
-def get_model(model=DEFAULT_MODEL, device="auto") -> Sam2Model:
+def get_model(model=DEFAULT_MODEL, device="auto", fast: bool = False) -> Sam2Model:
     """A loaded model: ``model`` is a registry name (e.g. "sam2.1_hiera_tiny"), a registered local name, the path of
     a checkpoint file, or an already loaded model (returned as it is, on its own device).
 
-    An official model that is not downloaded yet is downloaded into the cache first.
+    An official model that is not downloaded yet is downloaded into the cache first. ``fast``: the same weights at a
+    FAST_IMAGE_SIZE input (see ``fast_variant``).
     """
+    if fast:
+        return fast_variant(get_model(model, device))
     if isinstance(model, Sam2Model):
         return model
     if not isinstance(model, (str, os.PathLike)):
@@ -52,6 +59,20 @@ def get_model(model=DEFAULT_MODEL, device="auto") -> Sam2Model:
             del evicted
             release_device_memory(device)
         return loaded
+
+
+def fast_variant(model: Sam2Model) -> Sam2Model:
+    """The fast mode of a model: its weights at a FAST_IMAGE_SIZE-pixel input instead of 1024 (a model already that
+    small or smaller is returned as it is). On a CPU a tracked frame takes about a fifth of the time (the image
+    encoder's cost falls with the input's area, memory attention's with its square); masks are coarser: thin or
+    small structures (under ~8 pixels of a 1024-px frame) may be lost. Made once per model."""
+    if model.image_size <= FAST_IMAGE_SIZE:
+        return model
+    with _lock:
+        fast = _fast_models.get(model)
+        if fast is None:
+            fast = _fast_models[model] = at_image_size(model, FAST_IMAGE_SIZE)
+        return fast
 
 
 def preprocessing_for(model=DEFAULT_MODEL, preprocessing=None) -> Preprocessing:

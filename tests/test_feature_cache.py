@@ -1,0 +1,245 @@
+"""The feature cache: keys, the in-memory LRU, the zarr store, and that sessions, clicks and runs reuse features with
+the same results (the golden tests with the cache on and after a restart from disk are in
+test_engine_golden_video.py). Uses the fast 256-px model."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam2.core.feature_store import ZarrFeatureStore, precompute_features, shared_feature_cache
+from napari_sam2.core.frames import StackFrames
+from napari_sam2.core.prompts import Prompt
+from napari_sam2.core.tracking import TrackingSession
+from napari_sam2.engine import Tracker
+from napari_sam2.engine.feature_cache import FeatureCache, encode_image, feature_key
+from napari_sam2.io.sample_data import make_nuclei_stack
+
+N_FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return make_nuclei_stack(shape=(N_FRAMES, 96, 128), n_nuclei=3, seed=5)
+
+
+@pytest.fixture
+def frames(stack, fast_model):
+    with StackFrames(stack[0], axis=0, image_size=fast_model.image_size, prefetch=0) as f:
+        yield f
+
+
+def prompts_for(stack, frame=2):
+    labels = stack[1][frame]
+    out = []
+    for obj_id in [int(v) for v in np.unique(labels) if v][:2]:
+        rows, cols = np.nonzero(labels == obj_id)
+        out.append(Prompt(frame=frame, obj_id=obj_id, points=[(float(rows.mean()), float(cols.mean()))]))
+    return out
+
+
+def entry(*shapes, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(*shape, generator=g).to(dtype) for shape in shapes)
+
+
+# ---- keys -----------------------------------------------------------------------------------------------------------
+
+
+def test_the_key_depends_on_the_input_values_and_the_model_only(fast_model, mini_model, frames):
+    image = frames[0]
+    assert feature_key(fast_model, image) == feature_key(fast_model, image.clone())
+    assert feature_key(fast_model, image) != feature_key(fast_model, frames[1])
+    nudged = image.clone()
+    nudged[0, 0, 0] += 1e-6
+    assert feature_key(fast_model, image) != feature_key(fast_model, nudged)
+    assert fast_model.signature != mini_model.signature
+    assert feature_key(fast_model, image).startswith(f"{fast_model.signature}-cpu-float32-")
+
+
+def test_the_model_signature_changes_with_any_weight(synthetic_checkpoint):
+    from napari_sam2.engine import get_config, load_model
+
+    path = synthetic_checkpoint("sam2.1_hiera_t", 0)
+    config = get_config("sam2.1_hiera_t").with_(image_size=256)
+    a, b = load_model(path, device="cpu", config=config), load_model(path, device="cpu", config=config)
+    assert a.signature == b.signature
+    with torch.no_grad():
+        b.no_obj_ptr[0, 0] += 1e-3
+    b._signature = None
+    assert a.signature != b.signature
+    assert load_model(path, device="cpu", config=get_config("sam2.1_hiera_t").with_(image_size=512)).signature != a.signature
+
+
+# ---- the in-memory LRU ----------------------------------------------------------------------------------------------
+
+
+def test_the_lru_stays_within_its_bytes_and_drops_the_least_recently_used():
+    one = entry((4, 4))  # 64 bytes
+    cache = FeatureCache(max_bytes=3 * 64)
+    for key in "abc":
+        cache.put(key, one)
+    assert cache.get("a") is not None  # "a" is now the most recent
+    cache.put("d", one)
+    assert len(cache) == 3 and cache.nbytes == 3 * 64
+    assert cache.get("b") is None and all(cache.get(k) is not None for k in "acd")
+    cache.put("huge", entry((100, 100)))  # larger than the whole cache: not kept, nothing evicted for it
+    assert "huge" not in cache and len(cache) == 3
+    none = FeatureCache(max_bytes=0)
+    none.put("a", one)
+    assert len(none) == 0 and none.get("a") is None
+
+
+def test_the_store_is_read_on_a_memory_miss_and_written_only_when_asked(tmp_path):
+    store = ZarrFeatureStore(tmp_path)
+    cache = FeatureCache(max_bytes=0, store=store)
+    cache.put("k1", entry((2, 3)))
+    assert "k1" not in store  # write_store is off
+    cache.put("k1", entry((2, 3)), to_store=True)
+    assert "k1" in store and "k1" in cache
+    assert torch.equal(cache.get("k1")[0], entry((2, 3))[0]) and cache.store_hits == 1
+
+
+# ---- the zarr store -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_store_gives_back_the_same_bits_dtype_and_memory_layout(tmp_path, dtype):
+    vision, high0, high1 = entry((1, 8, 4, 4), (1, 2, 16, 16), (1, 4, 8, 8), dtype=dtype)
+    vision = vision.contiguous(memory_format=torch.channels_last)  # as Hiera's FPN makes them
+    high1 = high1.contiguous(memory_format=torch.channels_last)
+    store = ZarrFeatureStore(tmp_path / "f")
+    store.put("key", (vision, high0, high1))
+    back = store.get("key")
+    for original, read in zip((vision, high0, high1), back):
+        assert read.dtype == original.dtype and read.shape == original.shape
+        assert read.stride() == original.stride()
+        assert torch.equal(read.view(torch.int16) if dtype != torch.float32 else read,
+                           original.view(torch.int16) if dtype != torch.float32 else original)
+
+
+def test_an_unfinished_or_damaged_entry_is_a_miss(tmp_path):
+    store = ZarrFeatureStore(tmp_path)
+    store.put("good", entry((2, 2)))
+    (tmp_path / ".tmp-half-written-abc").mkdir()  # an interrupted write leaves only a temporary folder
+    assert store.keys() == ["good"]
+    (tmp_path / "bad.zarr").mkdir()
+    (tmp_path / "bad.zarr" / "zarr.json").write_text("{not json")
+    assert "bad" in store and store.get("bad") is None
+    store.put("good", entry((2, 2), seed=1))  # an existing entry is never rewritten
+    assert torch.equal(store.get("good")[0], entry((2, 2))[0])
+    with pytest.raises(ValueError):
+        store.get("../escape")
+
+
+def test_what_a_killed_write_left_is_removed_once_stale(tmp_path):
+    store = ZarrFeatureStore(tmp_path)
+    store.put("first", entry((2, 2)))
+    stale, fresh = tmp_path / ".tmp-old-1", tmp_path / ".tmp-new-2"  # a killed write, and one in progress elsewhere
+    stale.mkdir()
+    fresh.mkdir()
+    old = os.stat(stale).st_mtime - 2 * 3600
+    os.utime(stale, (old, old))
+    ZarrFeatureStore(tmp_path).put("second", entry((2, 2)))
+    assert not stale.exists() and fresh.exists()
+    assert ZarrFeatureStore(tmp_path).keys() == ["first", "second"]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    import zarr
+
+    store = ZarrFeatureStore(tmp_path)
+    store.put("first", entry((2, 2)))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("zarr failed")
+
+    monkeypatch.setattr(zarr, "open_group", broken)
+    with pytest.raises(RuntimeError):
+        store.put("second", entry((2, 2)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.zarr"]
+
+
+def test_a_store_in_an_unwritable_place_says_what_to_do(tmp_path):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    from napari_sam2 import InputError
+
+    with pytest.raises(InputError, match="NAPARI_SAM2_FEATURES"):
+        ZarrFeatureStore(blocked / "features").put("k", entry((2, 2)))
+
+
+# ---- reuse, with the same results ------------------------------------------------------------------------------------
+
+
+def test_a_tracker_with_a_cache_gives_the_same_bits_and_encodes_each_frame_once(fast_model, frames, encoder_calls):
+    def masks(tracker):
+        tracker.add_prompt(2, 1, points=[[60.0, 40.0]], labels=[1])
+        out = [r.mask_logits.clone() for r in tracker.propagate_both()]
+        tracker.add_prompt(4, 1, points=[[62.0, 41.0]], labels=[1])  # a correction on a tracked frame
+        return out + [r.mask_logits.clone() for r in tracker.repropagate(stop_iou=None)]
+
+    plain = masks(Tracker(fast_model, frames))
+    assert len(encoder_calls) > N_FRAMES  # without a cache, frames revisited are encoded again
+    encoder_calls.clear()
+    cache = FeatureCache()
+    cached = masks(Tracker(fast_model, frames, feature_cache=cache))
+    assert len(encoder_calls) == N_FRAMES
+    assert len(plain) == len(cached) and all(torch.equal(a, b) for a, b in zip(plain, cached))
+    encoder_calls.clear()
+    tracker = Tracker(fast_model, frames, feature_cache=cache)  # a second run on the stack: no encoder at all
+    tracker.add_prompt(2, 1, points=[[60.0, 40.0]], labels=[1])
+    again = [r.mask_logits for r in tracker.propagate()]
+    assert encoder_calls == [] and all(torch.equal(a, b) for a, b in zip(plain, again))
+
+
+def test_sessions_share_the_process_wide_cache(fast_model, stack, encoder_calls):
+    shared_feature_cache().clear()
+    prompts = prompts_for(stack)
+    with TrackingSession(stack[0], model=fast_model, prefetch=0) as first:
+        first.add_prompts(prompts)
+        labels = [r.labels for r in first.propagate()]
+        assert first.cached_frames() == N_FRAMES
+        encoded = len(encoder_calls)
+        first.set_prompts(prompts + [Prompt(frame=0, obj_id=9, points=[(20.0, 20.0)])])  # a click: no encoder
+        assert len(encoder_calls) == encoded == N_FRAMES
+    with TrackingSession(stack[0], model=fast_model, prefetch=0) as second:
+        second.add_prompts(prompts)
+        again = [r.labels for r in second.propagate()]
+    assert len(encoder_calls) == N_FRAMES  # the second session encoded nothing
+    assert len(again) == len(labels) and all(np.array_equal(a, b) for a, b in zip(labels, again))
+    with TrackingSession(stack[0], model=fast_model, prefetch=0, feature_cache=None) as uncached:
+        uncached.add_prompts(prompts)
+        plain = [r.labels for r in uncached.propagate()]
+    assert all(np.array_equal(a, b) for a, b in zip(labels, plain))
+
+
+def test_precomputation_stores_every_frame_and_resumes_where_it_stopped(fast_model, frames, tmp_path, encoder_calls):
+    cache = FeatureCache(0, ZarrFeatureStore(tmp_path))
+    run = precompute_features(fast_model, frames, cache)
+    for _ in range(2):
+        next(run)
+    run.close()  # stopped after two frames
+    assert len(cache.store.keys()) == 2 and len(encoder_calls) == 2
+    done = [index for index, _ in precompute_features(fast_model, frames, cache)]
+    assert done == list(range(N_FRAMES))
+    assert len(cache.store.keys()) == N_FRAMES and len(encoder_calls) == N_FRAMES  # only the four missing ones
+    image = frames[3]
+    stored = cache.store.get(feature_key(fast_model, image))
+    fresh = fast_model.cacheable(encode_image(fast_model, image))
+    assert all(torch.equal(a, b) for a, b in zip(stored, fresh))
+
+
+def test_the_memory_limit_comes_from_the_environment(monkeypatch):
+    from napari_sam2 import InputError
+    from napari_sam2.core import feature_store
+
+    monkeypatch.setenv("NAPARI_SAM2_FEATURE_CACHE_MB", "1.5")
+    assert feature_store._memory_limit() == int(1.5 * (1 << 20))
+    monkeypatch.setenv("NAPARI_SAM2_FEATURE_CACHE_MB", "lots")
+    with pytest.raises(InputError, match="NAPARI_SAM2_FEATURE_CACHE_MB"):
+        feature_store._memory_limit()
+    monkeypatch.setenv("NAPARI_SAM2_FEATURES", os.fspath("/some/where"))
+    assert str(feature_store.feature_cache_dir()) == "/some/where"
+    assert shared_feature_cache().store.folder == feature_store.feature_cache_dir()
