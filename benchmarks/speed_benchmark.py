@@ -44,6 +44,7 @@ from tracker_benchmark import SyntheticFrames, checkpoint, peak_rss_mib  # noqa:
 from napari_sam2.engine import Tracker, get_config, load_model  # noqa: E402
 from napari_sam2.engine.devices import autocast_dtype, resolve_device  # noqa: E402
 from napari_sam2.engine.feature_cache import FeatureCache, encode_image  # noqa: E402
+from napari_sam2.engine.host_memory import tune_host_memory  # noqa: E402
 
 
 class PreparedFrames:
@@ -229,6 +230,7 @@ def main():
                                                       str(Path(tempfile.gettempdir()) / "napari-sam2-bench")))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    tune_host_memory()  # as the command line does (engine/host_memory.py)
     device = resolve_device(args.device)
     frames = PreparedFrames(args.frames, args.image_size)
     sides = [Ours(args, frames)]

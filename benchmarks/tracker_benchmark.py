@@ -29,6 +29,7 @@ import torch
 
 from napari_sam2.core.frames import model_input_from_rgb
 from napari_sam2.engine import Tracker, get_config, load_model
+from napari_sam2.engine.host_memory import tune_host_memory
 from napari_sam2.engine.synthetic_checkpoints import write_synthetic_checkpoint
 
 HW = (480, 640)
@@ -142,6 +143,7 @@ def main():
     ap.add_argument("--cache", default=os.environ.get("NAPARI_SAM2_TEST_CACHE", str(Path(tempfile.gettempdir()) / "napari-sam2-bench")))
     ap.add_argument("--child-memory", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    tune_host_memory()  # as the command line does: flat resident memory (engine/host_memory.py)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.child_memory:
         return run_child_memory(args)

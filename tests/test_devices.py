@@ -36,12 +36,20 @@ def test_a_cuda_device_that_does_not_exist_is_a_device_error(two_gpus, name, mes
         devices.resolve_device(name)
 
 
-def test_bf16_on_gpus_that_compute_it_natively_fp16_on_older_ones_float32_elsewhere(two_gpus):
+def test_bf16_on_gpus_that_compute_it_natively_fp16_on_older_ones_float32_elsewhere(two_gpus, monkeypatch):
     assert devices.autocast_dtype(torch.device("cuda", 0)) is torch.bfloat16
     assert devices.autocast_dtype(torch.device("cuda")) is torch.bfloat16  # the current device, cuda:0
     assert devices.autocast_dtype(torch.device("cuda", 1)) is torch.float16
     assert devices.autocast_dtype(torch.device("cpu")) is None
     assert devices.autocast_dtype(torch.device("mps")) is None
+    monkeypatch.setenv("NAPARI_SAM2_PRECISION", "float32")  # e.g. to compare a GPU with the golden float32 outputs
+    assert devices.autocast_dtype(torch.device("cuda", 0)) is None
+    monkeypatch.setenv("NAPARI_SAM2_PRECISION", "float16")
+    assert devices.autocast_dtype(torch.device("cuda", 0)) is torch.float16
+    assert devices.autocast_dtype(torch.device("cpu")) is None  # the CPU always computes in float32
+    monkeypatch.setenv("NAPARI_SAM2_PRECISION", "double")
+    with pytest.raises(DeviceError, match="NAPARI_SAM2_PRECISION"):
+        devices.autocast_dtype(torch.device("cuda", 0))
 
 
 def test_autocast_on_cpu_changes_nothing():

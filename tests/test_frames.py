@@ -297,6 +297,20 @@ def test_prefetch_gives_the_same_tensors_forwards_and_backwards():
             assert len(prefetched._cache.cached_indices()) <= 3
 
 
+def test_frames_for_a_gpu_are_prepared_in_page_locked_memory(monkeypatch):
+    # pin_memory needs CUDA: recorded here, so that the CPU machines check the frames for a GPU are the pinned ones
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(self.shape) or self.clone())
+    data = random_stack((4, 16, 12), np.float32)
+    with StackFrames(data, image_size=SIZE, prefetch=2, pin_memory=True) as frames:
+        for i in range(4):
+            torch.testing.assert_close(frames[i], StackFrames(data, image_size=SIZE, prefetch=0)[i])
+    assert pinned and all(shape == (3, SIZE, SIZE) for shape in pinned)
+    pinned.clear()
+    StackFrames(data, image_size=SIZE, prefetch=0)[0]
+    assert pinned == []
+
+
 def test_prefetch_follows_the_direction_of_travel():
     calls = []
     cache = PrefetchCache(lambda i: calls.append(i) or i, length=10, depth=2)

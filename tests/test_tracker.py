@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,6 @@ import torch
 from napari_sam2 import InputError
 from napari_sam2.core.frames import StackFrames
 from napari_sam2.engine import Tracker, host_memory
-from napari_sam2.engine import tracker as tracker_module
 from napari_sam2.io.sample_data import make_nuclei_stack
 
 N_FRAMES = 8
@@ -159,9 +159,16 @@ def test_large_buffers_bypass_the_heap(fast_model, frames, monkeypatch):
     assert probe("fix") == ["True", "False"]
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own choice is left alone
     assert host_memory.map_large_buffers() is False
+    # opt-in for the whole process: a tracker (e.g. in napari's process) leaves the allocator alone, the command line
+    # tunes its own
     calls = []
-    monkeypatch.setattr(tracker_module, "map_large_buffers", lambda: calls.append(1))
+    monkeypatch.setattr(host_memory, "map_large_buffers", lambda: calls.append(1))
     Tracker(fast_model, frames)
+    assert calls == []
+    from napari_sam2.cli import commands as cli
+
+    monkeypatch.setattr(cli, "_load_model", lambda *args: fast_model)
+    cli._model_for(SimpleNamespace(model="m", device="cpu", quiet=True, fast=False))
     assert calls == [1]
 
 

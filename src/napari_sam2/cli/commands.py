@@ -130,7 +130,11 @@ def _intensity_range(text: str) -> list[float]:
 
 
 def _model_for(args: argparse.Namespace):
-    """The model the command asked for, in fast mode with --fast."""
+    """The model the command asked for, in fast mode with --fast; the process's allocator tuned for long runs (the
+    command line owns its process: engine.host_memory)."""
+    from ..engine.host_memory import tune_host_memory
+
+    tune_host_memory()
     model = _load_model(args.model, args.device, args.quiet)
     if args.fast:
         from ..models.loaded import fast_variant

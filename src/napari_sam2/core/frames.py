@@ -61,6 +61,8 @@ class StackFrames:
       the default, or "micro_sam"): the default percentiles, and whether frames are stretched to the model's square
       input or padded to a square first (``model_frame_size``).
     - ``prefetch``: frames prepared ahead on a background thread (0 = none).
+    - ``pin_memory``: frames prepared in page-locked memory (for a CUDA model: the upload to the GPU then overlaps
+      the GPU's work instead of waiting for it).
 
     The returned tensors are shared with the prefetch cache: treat them as read-only.
     """
@@ -76,6 +78,7 @@ class StackFrames:
         prefetch: int = 2,
         fixed_indices: Mapping[int, int] | None = None,
         preprocessing: Preprocessing | str | None = None,
+        pin_memory: bool = False,
     ):
         data = _as_array_like(data)
         _check_dtype(data.dtype)
@@ -84,6 +87,7 @@ class StackFrames:
         self._layout = axis_roles(data.shape, axis, channel_axis, fixed_indices)
         self._channels = _chosen_channels(self._layout, channels)
         self._image_size = whole_number(image_size, "image_size", minimum=1)
+        self._pin_memory = bool(pin_memory)
         self._preprocessing = preprocessing_profile(preprocessing)  # an InputError for an unknown profile
         prefetch = whole_number(prefetch, "prefetch", minimum=0)
 
@@ -184,9 +188,11 @@ class StackFrames:
 
     def _prepare(self, index: int) -> torch.Tensor:
         if not self._preprocessing.pads:
-            return model_input_from_rgb(self.frame_rgb(index), self._image_size)
-        rgb = torch.from_numpy(np.ascontiguousarray(self.frame_rgb(index))).permute(2, 0, 1)
-        return prepare_input(rgb, self._image_size, self._preprocessing)
+            prepared = model_input_from_rgb(self.frame_rgb(index), self._image_size)
+        else:
+            rgb = torch.from_numpy(np.ascontiguousarray(self.frame_rgb(index))).permute(2, 0, 1)
+            prepared = prepare_input(rgb, self._image_size, self._preprocessing)
+        return prepared.pin_memory() if self._pin_memory else prepared
 
     def _read(self, index: int) -> np.ndarray:
         """Frame ``index`` as (H, W, C) raw values, C being the shown channels (1 without a channel axis)."""

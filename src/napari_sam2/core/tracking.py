@@ -98,6 +98,7 @@ class TrackingSession:
             prefetch=prefetch,
             fixed_indices=fixed_indices,
             preprocessing=preprocessing,
+            pin_memory=self.model.device.type == "cuda",
         )
         if feature_cache == "shared":
             feature_cache = shared_feature_cache()

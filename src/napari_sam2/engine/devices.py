@@ -1,10 +1,12 @@
 """Device choice and the precision policy: autocast on CUDA (bfloat16 where the GPU computes it natively, float16
-on older GPUs), float32 elsewhere."""
+on older GPUs), float32 elsewhere. NAPARI_SAM2_PRECISION=float32 (or bfloat16, float16) overrides the choice on CUDA,
+e.g. to compare a GPU's results with the CPU's or with Meta's float32 outputs."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -73,11 +75,22 @@ def _cuda_capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype the model runs in on ``device`` under autocast: bfloat16 on CUDA GPUs with native bf16 (Meta's
-    choice for SAM2), float16 on older CUDA GPUs, None (float32, no autocast) on CPU and MPS."""
+    choice for SAM2), float16 on older CUDA GPUs, None (float32, no autocast) on CPU and MPS; on CUDA,
+    NAPARI_SAM2_PRECISION (float32, bfloat16, float16, or auto) overrides it."""
     if device.type != "cuda":
         return None
+    choice = os.environ.get("NAPARI_SAM2_PRECISION", "").strip().lower()
+    if choice and choice != "auto":
+        if choice not in PRECISIONS:
+            raise DeviceError(
+                f"NAPARI_SAM2_PRECISION must be one of auto, {', '.join(PRECISIONS)}; got {choice!r}."
+            )
+        return PRECISIONS[choice]
     index = device.index if device.index is not None else torch.cuda.current_device()
     major, _ = _cuda_capability(index)
     return torch.bfloat16 if major >= NATIVE_BF16_CAPABILITY else torch.float16

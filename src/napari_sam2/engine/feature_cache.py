@@ -140,7 +140,8 @@ def encode_image(model, image: torch.Tensor, cache: Optional[FeatureCache] = Non
         if entry is not None:
             return model.features_from(entry)
     with autocast(model.device):
-        features = model.encode_image(image.to(model.device, torch.float32)[None]).map(outside_heap)
+        # non_blocking: a frame in page-locked memory (StackFrames(pin_memory=True)) uploads while the GPU works
+        features = model.encode_image(image.to(model.device, torch.float32, non_blocking=True)[None]).map(outside_heap)
     if cache is not None:
         cache.put(key, model.cacheable(features), to_store=to_store)
     return features

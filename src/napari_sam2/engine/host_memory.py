@@ -15,6 +15,9 @@ next frame's buffers less and less well, and the peak resident size creeps up fr
 * ``release_freed_host_memory`` (``malloc_trim``) returns the heap's free pages after each frame.
 
 Other C libraries (macOS, Windows, musl) have no such heap behaviour to correct.
+
+The first and third change the whole process's allocator, so they are opt-in (``tune_host_memory``): the command
+line and the benchmarks turn them on; a script may; napari's process is left as napari sets it.
 """
 
 from __future__ import annotations
@@ -70,7 +73,19 @@ def outside_heap(t: torch.Tensor) -> torch.Tensor:
     return kept.copy_(t)
 
 
+_tuned = False
+
+
+def tune_host_memory() -> bool:
+    """Turn on, for this whole process, the mmap threshold of ``map_large_buffers`` and a heap trim after every tracked
+    frame (``release_freed_host_memory``): flat resident memory over long propagations. True when the threshold was
+    set (glibc, and no threshold of the user's own)."""
+    global _tuned
+    _tuned = True
+    return map_large_buffers()
+
+
 def release_freed_host_memory() -> None:
-    """Return free heap pages to the OS (glibc); a few milliseconds at most, a no-op elsewhere."""
-    if _libc is not None:
+    """Return free heap pages to the OS (glibc, once ``tune_host_memory`` was called); a few milliseconds at most."""
+    if _libc is not None and _tuned:
         _libc.malloc_trim(0)

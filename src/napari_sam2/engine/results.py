@@ -50,17 +50,18 @@ def frame_result(frame_idx: int, obj_ids: Sequence[int], outs: Sequence[Optional
     highest logit (Meta's `_apply_non_overlapping_constraints`)."""
     h, w = low_res_hw
     n = len(outs)
-    low_res = torch.full((n, 1, h, w), NO_OBJ_SCORE, dtype=torch.float32)
-    scores = torch.full((n,), NO_OBJ_SCORE, dtype=torch.float32)
-    ptrs = torch.zeros((n, ptr_dim), dtype=torch.float32)
-    for i, out in enumerate(outs):
-        if out is not None:
-            low_res[i] = out.pred_masks[0].float().cpu()
-            scores[i] = out.object_score_logits.reshape(()).float().cpu()
-            ptrs[i] = out.obj_ptr[0].float().cpu()
-    video = F.interpolate(low_res.to(device), size=video_hw, mode="bilinear", align_corners=False)
+    low_res = torch.full((n, 1, h, w), NO_OBJ_SCORE, dtype=torch.float32, device=device)
+    scores = torch.full((n,), NO_OBJ_SCORE, dtype=torch.float32, device=device)
+    ptrs = torch.zeros((n, ptr_dim), dtype=torch.float32, device=device)
+    present = [i for i, out in enumerate(outs) if out is not None]
+    if present:  # gathered on the device: one copy to the host per array, not one per object
+        rows = torch.tensor(present, device=device)
+        low_res[rows] = torch.cat([outs[i].pred_masks.to(device, non_blocking=True) for i in present]).float()
+        scores[rows] = torch.cat([outs[i].object_score_logits.to(device).reshape(1) for i in present]).float()
+        ptrs[rows] = torch.cat([outs[i].obj_ptr.to(device) for i in present]).float()
+    video = F.interpolate(low_res, size=video_hw, mode="bilinear", align_corners=False)
     if non_overlap_masks:
         video = non_overlapping(video)
     # the caller holds a result while the next frame is computed: keep it out of that frame's heap
-    return FrameResult(frame_idx, list(obj_ids), outside_heap(video[:, 0].cpu()), outside_heap(low_res[:, 0]),
-                       scores, ptrs)
+    return FrameResult(frame_idx, list(obj_ids), outside_heap(video[:, 0].cpu()), outside_heap(low_res[:, 0].cpu()),
+                       scores.cpu(), ptrs.cpu())

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from ..errors import InputError
 from .devices import autocast
 from .feature_cache import FeatureCache, encode_image, feature_key
-from .host_memory import map_large_buffers, outside_heap, release_freed_host_memory
+from .host_memory import outside_heap, release_freed_host_memory
 from .memory_bank import AttendedMemory, gather_memory
 from .model import DecoderOutput, FrameFeatures, Sam2Model
 from .object_state import ObjectOutput, ObjectState
@@ -102,7 +102,6 @@ class Tracker:
         self._spill = SpillStore(self.keep_frames, folder=memory_folder)
         self.feature_cache = feature_cache
         self.feature_keys: dict = {}  # frame -> its feature-cache key, once read (the frames never change)
-        map_large_buffers()  # the biggest per-frame buffers bypass the heap (host_memory)
 
     # ---- public API ----------------------------------------------------------------------
     @property
@@ -382,7 +381,7 @@ class Tracker:
             with_others and (frame_idx in obj.cond or frame_idx in obj.non_cond))]
         outs = [outputs.get(obj.obj_id) or obj.output_on(frame_idx) for obj in shown]
         result = self._result(frame_idx, [obj.obj_id for obj in shown], outs)
-        release_freed_host_memory()  # keeps a long propagation's resident memory flat
+        release_freed_host_memory()  # with host_memory.tune_host_memory: flat resident memory
         return result
 
     def _track(self, frame_idx, objects, reverse) -> dict:
@@ -404,8 +403,9 @@ class Tracker:
                 out = self.model.decode(pix, batch.high_res, multimask_output=self._use_multimask(0))
                 maskmem, pos = self.model.encode_memory(batch, out.high_res, out.object_score_logits, binarize=False)
             self._remember_pos(pos)
+            filled = fill_holes(out.low_res.float(), self.fill_hole_area)  # the whole group at once
             for i, obj in enumerate(group):
-                compact = self._compact(out, i)
+                compact = self._compact(out, i, filled)
                 compact.maskmem = self._store(maskmem[i : i + 1].to(torch.bfloat16))
                 outputs[obj.obj_id] = compact
         return outputs
@@ -463,8 +463,12 @@ class Tracker:
             self._maskmem_pos = pos[:1].float().clone()
 
     # ---- results -------------------------------------------------------------------------
-    def _compact(self, out: DecoderOutput, i: int) -> ObjectOutput:
-        pred = fill_holes(out.low_res[i : i + 1].float(), self.fill_hole_area)
+    def _compact(self, out: DecoderOutput, i: int, filled: Optional[torch.Tensor] = None) -> ObjectOutput:
+        """Row i of a decoder output as kept for memory; `filled`: the batch's low-res logits already hole-filled."""
+        if filled is None:
+            pred = fill_holes(out.low_res[i : i + 1].float(), self.fill_hole_area)
+        else:
+            pred = filled[i : i + 1].clone()
         return ObjectOutput(self._store(pred), self._store(out.obj_ptr[i : i + 1].float()),
                             self._store(out.object_score_logits[i : i + 1].float()))
 
