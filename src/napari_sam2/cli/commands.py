@@ -325,9 +325,9 @@ def _add_embed_commands(subparsers) -> None:
             "Run the image encoder (the costliest step: about half of a tracked frame on a CPU) over every frame\n"
             "and store the features on disk, in the napari-sam2 cache (~16 MiB per frame at 1024 px). `segment`\n"
             "and the napari widget then skip the encoder for these frames, with the same results. Frames already\n"
-            "stored are skipped, so an interrupted run resumes. Give the same --model, --axis, --channels and\n"
-            "--intensity-range as you will segment with: the features are found again only for the same frames\n"
-            "shown the same way to the same model, on the same kind of device."
+            "stored are skipped, so an interrupted run resumes. Give the same --model, --axis, --channels,\n"
+            "--intensity-range and --fast as you will segment with: the features are found again only for the same\n"
+            "frames shown the same way to the same model, on the same kind of device."
         ),
         epilog="example:\n  napari-sam2 embed 'data/*.tif' --model sam2.1_hiera_tiny\n\n"
         "exit status: 0 all stored, 2 bad usage or input, 1 a stack failed.",
