@@ -66,10 +66,13 @@ def test_the_widget_fast_mode_makes_a_fast_session_of_its_own(make_napari_viewer
     viewer = make_napari_viewer()
     viewer.add_image(make_nuclei_stack(shape=(6, 96, 128), n_nuclei=3, seed=5)[0], name="nuclei")
     widget = Sam2Widget(viewer)
-    widget.add_model_choice("test model", fast_model)
-    exact = widget._target(require_stack=True, quiet=True).spec
-    widget.fast.value = True
-    fast = widget._target(require_stack=True, quiet=True).spec
-    assert exact.options["fast"] is False and fast.options["fast"] is True
-    assert fast.key != exact.key  # switching the mode makes a new session (its own features and masks)
-    assert widget.fast in widget._run_controls  # not switched in the middle of a run
+    try:
+        widget.add_model_choice("test model", fast_model)
+        exact = widget._target(require_stack=True, quiet=True).spec
+        widget.fast.value = True
+        fast = widget._target(require_stack=True, quiet=True).spec
+        assert exact.options["fast"] is False and fast.options["fast"] is True
+        assert fast.key != exact.key  # switching the mode makes a new session (its own features and masks)
+        assert widget.fast in widget._run_controls  # not switched in the middle of a run
+    finally:
+        widget.close()

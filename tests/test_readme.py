@@ -126,7 +126,7 @@ def test_every_python_block_runs_as_written(readme_model):
     import numpy as np
 
     python_blocks = blocks("python")
-    assert len(python_blocks) == 2
+    assert len(python_blocks) == 3
     results = []
     for number, code in enumerate(python_blocks, 1):
         ast.parse(code)  # a syntax error names the block, not this test
@@ -134,13 +134,17 @@ def test_every_python_block_runs_as_written(readme_model):
         exec(compile(code, f"README.md python block {number}", "exec"), namespace)
         results.append(namespace)
 
-    api, engine = results
+    api, engine, features = results
     assert api["labels"].shape == api["stack"].shape and api["labels"].dtype == np.int32
     assert set(np.unique(api["labels"])) <= {0, 1}
     assert engine["rgb_uint8"].shape == (*engine["stack"].shape[1:], 3) and engine["rgb_uint8"].dtype == np.uint8
     assert engine["masks"].shape[1:] == engine["stack"].shape[1:]
     assert engine["result"].frame_idx == len(engine["stack"]) - 1  # tracked forward to the last slice
     assert tuple(engine["result"].mask_logits.shape[-2:]) == engine["stack"].shape[1:]
+    from napari_sam2.core.feature_store import ZarrFeatureStore, feature_cache_dir
+
+    stored = ZarrFeatureStore(feature_cache_dir()).keys()  # the third block stored every slice's features
+    assert len(features["stack"]) == 24 and len(stored) >= 24
 
 
 # ---- the command lines ---------------------------------------------------------------------------------------------

@@ -805,7 +805,7 @@ class Sam2Widget(Container):
     def _teardown(self) -> None:
         """Release everything: the run is cancelled (what it wrote stays, as one undo step), the layers are
         unlocked, every callback disconnected, the keys unbound, the session released once its thread stops."""
-        if self._closed:
+        if self.__dict__.get("_closed", True):  # closed already, or Qt's `destroyed` after Python freed the widget
             return
         self._closed = True
         self._live_pending = False
