@@ -189,3 +189,50 @@ def no_model(monkeypatch):
         raise AssertionError("a model was loaded for bad input")
 
     monkeypatch.setattr(cli, "_load_model", load)
+
+
+@pytest.fixture
+def features(monkeypatch, tmp_path):
+    """This test's on-disk feature store folder (not created yet)."""
+    from napari_sam2.core.feature_store import feature_cache_dir
+
+    folder = tmp_path / "features"
+    monkeypatch.setenv("NAPARI_SAM2_FEATURES", str(folder))
+    assert feature_cache_dir() == folder
+    return folder
+
+
+def clear_feature_memory():
+    """Forget the in-memory features, as a new process would: what is found again comes from the disk store."""
+    from napari_sam2.core.feature_store import shared_feature_cache
+
+    shared_feature_cache().clear()
+    assert len(shared_feature_cache()) == 0
+
+
+@pytest.fixture
+def messages(monkeypatch):
+    """Notifications the napari widget shows, by kind."""
+    from napari_sam2._napari._qt import widget as widget_module
+
+    shown = {"error": [], "warning": []}
+    for kind in shown:
+        monkeypatch.setattr(widget_module, f"show_{kind}", shown[kind].append)
+    return shown
+
+
+def run_cli(argv, capsys):
+    """The command line run in-process: (exit status, stdout, stderr)."""
+    from napari_sam2.cli import commands as cli
+
+    status = cli.main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def one_error_line(stderr: str) -> str:
+    """The one `napari-sam2: error:` line of a failed command (other lines, e.g. warnings, may be there too)."""
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("napari-sam2: error: ")]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr
+    return lines[0]

@@ -11,42 +11,14 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-from conftest import SMALL_STACK_FRAME
+from conftest import SMALL_STACK_FRAME, clear_feature_memory, one_error_line, run_cli
 
 from napari_sam2.api import Prompt, segment_stack
 from napari_sam2.cli import commands as cli
-from napari_sam2.core.feature_store import ZarrFeatureStore, feature_cache_dir, shared_feature_cache
+from napari_sam2.core.feature_store import ZarrFeatureStore, shared_feature_cache
 from napari_sam2.io.tiff import read_tiff
 
 FRAME = SMALL_STACK_FRAME
-
-
-@pytest.fixture
-def features(monkeypatch, tmp_path):
-    """This test's feature store folder (not created yet)."""
-    folder = tmp_path / "features"
-    monkeypatch.setenv("NAPARI_SAM2_FEATURES", str(folder))
-    assert feature_cache_dir() == folder
-    return folder
-
-
-def clear_memory():
-    """Forget the in-memory features, as a new process would: what is found again comes from the disk store."""
-    shared_feature_cache().clear()
-    assert len(shared_feature_cache()) == 0
-
-
-def run(command, args, capsys):
-    status = cli.main([command, *map(str, args)])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.startswith("napari-sam2: error: ")]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
 
 
 def write_zyx(path, stack):
@@ -66,9 +38,9 @@ def test_embed_stores_one_entry_per_frame_and_resumes(tmp_path, features, small_
                                                       capsys):
     source = write_zyx(tmp_path / "stack.tif", small_stack)
     n_frames = small_stack.shape[0]
-    clear_memory()
+    clear_feature_memory()
 
-    status, stdout, stderr = run("embed", [source, "--model", "some_model", "--device", "cpu"], capsys)
+    status, stdout, stderr = run_cli(["embed", source, "--model", "some_model", "--device", "cpu"], capsys)
 
     assert status == 0, stderr
     assert use_fast_model == [("some_model", "cpu")]
@@ -81,8 +53,8 @@ def test_embed_stores_one_entry_per_frame_and_resumes(tmp_path, features, small_
     assert not [p.name for p in features.iterdir() if p.name.startswith(".tmp-")]  # no half-written entry left
 
     # Again (a new process: nothing in memory): everything is on disk, nothing is computed.
-    clear_memory()
-    status, _, stderr = run("embed", [source, "--quiet"], capsys)
+    clear_feature_memory()
+    status, _, stderr = run_cli(["embed", source, "--quiet"], capsys)
     assert status == 0, stderr
     assert stderr == ""  # --quiet
     assert len(encoder_calls) == n_frames, "a second embed ran the image encoder again"
@@ -92,8 +64,8 @@ def test_embed_stores_one_entry_per_frame_and_resumes(tmp_path, features, small_
     lost = keys[1]
     shutil.rmtree(entry_folder(features, lost))
     assert lost not in store and len(store.keys()) == n_frames - 1
-    clear_memory()
-    status, _, stderr = run("embed", [source, "--quiet"], capsys)
+    clear_feature_memory()
+    status, _, stderr = run_cli(["embed", source, "--quiet"], capsys)
     assert status == 0, stderr
     assert len(encoder_calls) == n_frames + 1, "resuming must compute exactly the missing frame"
     assert store.keys() == keys
@@ -113,12 +85,12 @@ def test_segment_after_embed_gives_the_same_labels_without_the_encoder(tmp_path,
     # Without any stored features: the API, then the command (nothing in memory, the store empty and left so).
     empty = tmp_path / "no_features"
     monkeypatch.setenv("NAPARI_SAM2_FEATURES", str(empty))
-    clear_memory()
+    clear_feature_memory()
     expected = segment_stack(small_stack, prompts, model=fast_model)
     assert set(np.unique(expected)) == {0, 1, 2}
-    clear_memory()
+    clear_feature_memory()
     before = len(encoder_calls)
-    status, _, stderr = run("segment", [source, "--prompts", csv, "--out", tmp_path / "plain.tif", "--quiet"], capsys)
+    status, _, stderr = run_cli(["segment", source, "--prompts", csv, "--out", tmp_path / "plain.tif", "--quiet"], capsys)
     assert status == 0, stderr
     assert len(encoder_calls) - before >= small_stack.shape[0]  # every frame was encoded
     plain = read_tiff(tmp_path / "plain.tif").data
@@ -127,13 +99,13 @@ def test_segment_after_embed_gives_the_same_labels_without_the_encoder(tmp_path,
 
     # Embed, then segment in a "new process" (memory cleared): the features come from disk.
     monkeypatch.setenv("NAPARI_SAM2_FEATURES", str(features))
-    clear_memory()
-    status, _, stderr = run("embed", [source, "--quiet"], capsys)
+    clear_feature_memory()
+    status, _, stderr = run_cli(["embed", source, "--quiet"], capsys)
     assert status == 0, stderr
     assert len(ZarrFeatureStore(features).keys()) == small_stack.shape[0]
-    clear_memory()
+    clear_feature_memory()
     before = len(encoder_calls)
-    status, _, stderr = run("segment", [source, "--prompts", csv, "--out", tmp_path / "cached.tif", "--quiet"], capsys)
+    status, _, stderr = run_cli(["segment", source, "--prompts", csv, "--out", tmp_path / "cached.tif", "--quiet"], capsys)
     assert status == 0, stderr
     assert len(encoder_calls) == before, "segment ran the image encoder on frames whose features are stored"
     assert shared_feature_cache().store_hits >= small_stack.shape[0]
@@ -150,9 +122,9 @@ def test_a_4d_stack_stores_every_position_of_the_further_axis(tmp_path, features
     tifffile.imwrite(source, data, imagej=True, metadata={"axes": "TZYX"})
     assert read_tiff(source).axes == "TZYX"
     n_t, n_z = data.shape[:2]
-    clear_memory()
+    clear_feature_memory()
 
-    status, _, stderr = run("embed", [source, "--axis", "z"], capsys)
+    status, _, stderr = run_cli(["embed", source, "--axis", "z"], capsys)
 
     assert status == 0, stderr
     assert len(ZarrFeatureStore(features).keys()) == n_t * n_z
@@ -189,7 +161,7 @@ def test_bad_input_exits_2_before_loading_a_model(tmp_path, features, small_stac
     else:
         args = [source, tmp_path / "nope.tif"]
 
-    status, stdout, stderr = run("embed", args, capsys)
+    status, stdout, stderr = run_cli(["embed", *args], capsys)
 
     assert status == 2, stderr
     line = one_error_line(stderr)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
-from conftest import SMALL_STACK_FRAME
+from conftest import SMALL_STACK_FRAME, one_error_line, run_cli
 from napari_builtins.io._write import napari_write_points
 from sam2_clicks import confident_clicks
 
@@ -68,16 +68,7 @@ def zyx(frame, row, col):
 
 
 def run(args, capsys):
-    status = cli.main(["segment", *map(str, args)])
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
-
-
-def one_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.startswith("napari-sam2: error: ")]
-    assert len(lines) == 1, stderr
-    assert "Traceback" not in stderr
-    return lines[0]
+    return run_cli(["segment", *args], capsys)
 
 
 # ---- results --------------------------------------------------------------------------------------------------

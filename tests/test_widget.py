@@ -19,7 +19,6 @@ from fake_session import FakeSession
 from napari.utils import progress
 from sam2_clicks import confident_clicks
 
-from napari_sam2._napari._qt import widget as widget_module
 from napari_sam2._napari._qt.widget import CHECKPOINT_FILE, SHORTCUTS, Sam2Widget
 from napari_sam2._napari.layer_prompts import OBJ_ID, POSITIVE
 from napari_sam2._napari.prompt_layers import NEGATIVE_BORDER, POSITIVE_BORDER, object_colour, polarity_from_click
@@ -41,15 +40,6 @@ def nuclei():
 def clicks(nuclei, fast_model):
     """Two clicks on SLICE that the random-weight model answers with masks."""
     return confident_clicks(fast_model, nuclei, SLICE)
-
-
-@pytest.fixture
-def messages(monkeypatch):
-    """Notifications the widget shows, by kind."""
-    shown = {"error": [], "warning": []}
-    for kind in shown:
-        monkeypatch.setattr(widget_module, f"show_{kind}", shown[kind].append)
-    return shown
 
 
 def open_widget(viewer, model, session_factory=None) -> Sam2Widget:

@@ -12,59 +12,20 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import SMALL_STACK_FRAME
+from conftest import SMALL_STACK_FRAME, clear_feature_memory
 from napari.utils import progress
+from test_widget import open_widget, wait_idle
 
-from napari_sam2._napari._qt import widget as widget_module
-from napari_sam2._napari._qt.widget import Sam2Widget
 from napari_sam2._napari.controller import PRECOMPUTE
 from napari_sam2._napari.layer_prompts import OBJ_ID, POSITIVE
 from napari_sam2._napari.prompt_layers import polarity_from_click
 from napari_sam2.api import Prompt, segment_stack
-from napari_sam2.core.feature_store import ZarrFeatureStore, feature_cache_dir, shared_feature_cache
+from napari_sam2.core.feature_store import ZarrFeatureStore, shared_feature_cache
 
 pytestmark = pytest.mark.gui
 
 FRAME = SMALL_STACK_FRAME
-TIMEOUT_MS = 120_000
 SCRATCH = Path("/tmp/scratch")  # a copy of the screenshot, to look at
-
-
-@pytest.fixture
-def features(monkeypatch, tmp_path):
-    """This test's feature store folder (not created yet)."""
-    folder = tmp_path / "features"
-    monkeypatch.setenv("NAPARI_SAM2_FEATURES", str(folder))
-    assert feature_cache_dir() == folder
-    return folder
-
-
-@pytest.fixture
-def messages(monkeypatch):
-    """Notifications the widget shows, by kind."""
-    shown = {"error": [], "warning": []}
-    for kind in shown:
-        monkeypatch.setattr(widget_module, f"show_{kind}", shown[kind].append)
-    return shown
-
-
-def clear_memory():
-    """Forget the in-memory features, so that what is found again comes from the disk store."""
-    shared_feature_cache().clear()
-
-
-def open_widget(viewer, model) -> Sam2Widget:
-    from qtpy.QtWidgets import QApplication
-
-    widget = Sam2Widget(viewer)
-    viewer.window.add_dock_widget(widget, name="SAM2")
-    widget.add_model_choice("test model", model)
-    QApplication.processEvents()  # the widget makes its points layer ready for clicks once the GUI is idle
-    return widget
-
-
-def wait_idle(qtbot, widget):
-    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
 
 
 def record_runs(widget):
@@ -102,7 +63,7 @@ def test_precompute_stores_every_slice_with_progress_and_writes_no_labels(make_n
                                                                           small_stack, features, messages,
                                                                           encoder_calls):
     n = small_stack.shape[0]
-    clear_memory()
+    clear_feature_memory()
     viewer = make_napari_viewer()
     viewer.add_image(small_stack, name="nuclei")
     widget = open_widget(viewer, fast_model)
@@ -125,7 +86,7 @@ def test_precompute_stores_every_slice_with_progress_and_writes_no_labels(make_n
     assert widget.precompute_button.enabled and widget.propagate_button.enabled and not widget.cancel_button.enabled
 
     # Again: everything is stored already, so nothing is computed (the memory cleared: it is the disk's doing).
-    clear_memory()
+    clear_feature_memory()
     precompute(widget, qtbot)
     assert len(encoder_calls) == n
     assert widget.features.value == f"features cached: {n} / {n} slices"
@@ -140,14 +101,14 @@ def test_after_precompute_propagate_skips_the_encoder_and_gives_the_same_labels(
     # The labels without any cache: nothing in memory, an empty store (and left empty).
     empty = tmp_path / "no_features"
     monkeypatch.setenv("NAPARI_SAM2_FEATURES", str(empty))
-    clear_memory()
+    clear_feature_memory()
     expected = segment_stack(small_stack, prompts, model=fast_model)
     assert set(np.unique(expected)) == {0, 1, 2}
     assert ZarrFeatureStore(empty).keys() == []
     assert len(encoder_calls) >= small_stack.shape[0]  # the encoder ran (the counting works)
     monkeypatch.setenv("NAPARI_SAM2_FEATURES", str(features))
 
-    clear_memory()
+    clear_feature_memory()
     viewer = make_napari_viewer()
     viewer.add_image(small_stack, name="nuclei")
     widget = open_widget(viewer, fast_model)
@@ -157,7 +118,7 @@ def test_after_precompute_propagate_skips_the_encoder_and_gives_the_same_labels(
     n = small_stack.shape[0]
     assert len(ZarrFeatureStore(features).keys()) == n and len(encoder_calls) - before == n
 
-    clear_memory()  # the features must come from disk
+    clear_feature_memory()  # the features must come from disk
     before = len(encoder_calls)
     for prompt in prompts:
         for (row, col), label in zip(prompt.points, prompt.labels):

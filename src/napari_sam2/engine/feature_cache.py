@@ -82,10 +82,6 @@ class FeatureCache:
                 return True
         return self.store is not None and key in self.store
 
-    def in_memory(self, key: str) -> bool:
-        with self._lock:
-            return key in self._entries
-
     def get(self, key: str) -> Optional[tuple]:
         """The entry under `key` (from memory, else from the store, then kept in memory), or None."""
         with self._lock:

@@ -21,7 +21,7 @@ MAX_CACHED_MODELS = 2
 
 _cache: "OrderedDict[tuple, Sam2Model]" = OrderedDict()
 _fast_models: "weakref.WeakKeyDictionary[Sam2Model, Sam2Model]" = weakref.WeakKeyDictionary()
-_lock = threading.RLock()
+_lock = threading.Lock()
 FAST_IMAGE_SIZE = 512  # the fast mode's model input, pixels (SAM2's own is 1024)
 
 

@@ -297,12 +297,8 @@ class Sam2Widget(Container):
     def propagate(self, *_, obj_ids=None) -> None:
         """Propagate every prompted object through the stack (or re-track from the slices corrected since); with
         ``obj_ids``, re-track only these objects."""
-        if self._closed:
+        if not self._may_start():
             return
-        if self.busy:
-            show_warning("SAM2 is still working: wait for it to finish, or press Cancel.")
-            return
-        self.controller.status = ""
         target = self._target(require_stack=True, quiet=False)
         if target is None:
             return
@@ -320,12 +316,8 @@ class Sam2Widget(Container):
     def precompute_features(self, *_) -> None:
         """Compute and store on disk the image features of every slice of the stack (with progress; Cancel keeps
         what is stored, and the next Precompute resumes)."""
-        if self._closed:
+        if not self._may_start():
             return
-        if self.busy:
-            show_warning("SAM2 is still working: wait for it to finish, or press Cancel.")
-            return
-        self.controller.status = ""
         target = self._target(require_stack=True, quiet=True)
         if target is None:
             return
@@ -379,6 +371,16 @@ class Sam2Widget(Container):
         self.controller.status = (
             "The next click adds a negative point (T again: positive)." if inverted else ""
         )
+
+    def _may_start(self) -> bool:
+        """Whether a run may start now (the widget is open and idle, else the user is told); clears the status."""
+        if self._closed:
+            return False
+        if self.busy:
+            show_warning("SAM2 is still working: wait for it to finish, or press Cancel.")
+            return False
+        self.controller.status = ""
+        return True
 
     def cancel(self, *_) -> None:
         """Stop after the frame (or object) being computed; every finished one stays written."""
