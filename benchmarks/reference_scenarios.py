@@ -64,6 +64,7 @@ from video_golden import (  # noqa: E402  (the golden tests' own call runner and
     frames_from_spec,
     frames_sha256,
     golden_video_frames_u8,
+    mask_from_spec,
     model_inputs,
     pack_masks,
     run_calls,
@@ -254,6 +255,25 @@ FIXED_SCENARIOS: dict = {
         "omit_reason": "not stored, to keep the file small (the pass is still checked by its object scores, "
                        "pointers and masks)",
     },
+    "video_sam2.1_t_mask_prompts": {
+        "description": (
+            "SAM2.1 tiny at a 256-px model input, the first 10 golden video frames as a 540 x 960 video: mask prompts "
+            "(Meta's add_new_mask). obj 1: a mask (ellipse) on frame 2; obj 2: a positive click on frame 2; obj 3: a "
+            "mask on frame 5, then a positive and a negative click on frame 5 (clicks after a mask on one frame: "
+            "the mask's logits are the decoder's mask input); forward from the default start (2); a mask for obj 1 "
+            "on frame 7 (a tracked frame: a correction by mask); reverse from frame 7."),
+        "variant": "sam2.1_hiera_t", "checkpoint_seed": 1203, "image_size": 256,
+        "frames": {"source": "golden_videos", "first": 0, "last": 10}, "video_hw": [540, 960],
+        "calls": [
+            {"op": "mask", "frame_idx": 2, "obj_id": 1, "mask": {"ellipse": [270.0, 480.0, 90.0, 140.0]}},
+            {"op": "add", "frame_idx": 2, "obj_id": 2, "points": [[200.5, 120.0]], "labels": [1]},
+            {"op": "mask", "frame_idx": 5, "obj_id": 3, "mask": {"ellipse": [380.0, 760.0, 60.0, 80.0]}},
+            {"op": "add", "frame_idx": 5, "obj_id": 3, "points": [[770.0, 390.0], [900.0, 500.0]], "labels": [1, 0]},
+            {"op": "propagate", "start_frame_idx": None, "max_frame_num_to_track": None, "reverse": False},
+            {"op": "mask", "frame_idx": 7, "obj_id": 1, "mask": {"ellipse": [300.0, 500.0, 70.0, 120.0]}},
+            {"op": "propagate", "start_frame_idx": 7, "max_frame_num_to_track": None, "reverse": True},
+        ],
+    },
     "video_sam2_t_correction_after_reverse": {
         "description": (
             "SAM2 (v2.0) tiny at a 256-px model input, the first 12 golden video frames as a 540 x 960 video (the "
@@ -386,12 +406,16 @@ def run_meta(predictor, svp, images, video_hw, calls):
 
     for i, call in enumerate(calls):
         op = call["op"]
+        if op == "mask":
+            _, _, masks = predictor.add_new_mask(state, call["frame_idx"], call["obj_id"],
+                                                 mask_from_spec(call["mask"], video_hw))
         if op == "add":
             kwargs = {k: np.array(call[k], np.float32) for k in ("points", "box") if k in call}
             if "labels" in call:
                 kwargs["labels"] = np.array(call["labels"], np.int32)
             _, _, masks = predictor.add_new_points_or_box(state, call["frame_idx"], call["obj_id"],
                                                           clear_old_points=call.get("clear_old_points", True), **kwargs)
+        if op in ("add", "mask"):
             e = entry(predictor._obj_id_to_idx(state, call["obj_id"]), call["frame_idx"], temp=True)
             out[f"c{i}_low_res_logits"] = e["pred_masks"][0, 0].numpy()
             out[f"c{i}_object_score_logits"] = e["object_score_logits"][0].numpy()

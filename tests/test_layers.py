@@ -72,7 +72,7 @@ def test_group_prompts_merges_points_per_frame_and_object():
         (dict(frame=0, obj_id=1, points=[(1, 1), (2, 2)], labels=[1]), "one label"),
         (dict(frame=0, obj_id=1, points=[(1, 2, 3)]), "row, col"),
         (dict(frame=0, obj_id=1, points=[(np.nan, 2)]), "finite"),
-        (dict(frame=0, obj_id=1), "neither points nor a box"),
+        (dict(frame=0, obj_id=1), "no points, box or mask"),
         (dict(frame=0, obj_id=1, box=(1, 2, 3)), "box"),
     ],
 )

@@ -322,3 +322,23 @@ def test_bad_input(fast_model, frames, stack):
     with pytest.raises(InputError, match="mask prompt has shape"):
         tracker.add_mask(0, 1, np.ones((10, 10), bool))
     assert tracker.obj_ids == []  # nothing half-added by the failures
+
+
+def test_set_prompt_with_a_mask_is_metas_add_new_mask_and_clicks_after_it(fast_model, frames, stack):
+    """A mask alone is Meta's add_new_mask; a mask with clicks is add_new_mask followed by add_new_points_or_box on
+    that frame (the golden scenario video_sam2.1_t_mask_prompts proves add_mask / add_prompt against Meta)."""
+    mask = stack[1][3] > 0
+    click = dict(points=[[40.0, 30.0]], labels=[1])
+    meta = Tracker(fast_model, frames)
+    alone = meta.add_mask(3, 7, mask)
+    with_clicks = meta.add_prompt(3, 7, **click)
+    ours = Tracker(fast_model, frames)
+    assert torch.equal(ours.set_prompt(3, 7, mask=mask).low_res_logits, alone.low_res_logits)
+    combined = ours.set_prompt(3, 7, mask=mask, **click)
+    assert torch.equal(combined.low_res_logits, with_clicks.low_res_logits)
+    assert torch.equal(combined.obj_ptrs, with_clicks.obj_ptrs)
+    without_mask = Tracker(fast_model, frames).set_prompt(3, 7, **click)
+    assert not torch.equal(combined.object_score_logits, without_mask.object_score_logits)  # the mask input counts
+    assert ours.prompted_frames(7) == [3]
+    with pytest.raises(InputError, match="mask prompt has shape"):
+        ours.set_prompt(3, 7, mask=mask[:-1])

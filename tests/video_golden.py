@@ -30,15 +30,25 @@ def pack_masks(mask_logits):
     return np.packbits(mask_logits.numpy() > 0, axis=-1)
 
 
+def mask_from_spec(spec: dict, video_hw) -> np.ndarray:
+    """A mask prompt (H, W) bool from a scenario call's spec: {"ellipse": [row, col, radius_rows, radius_cols]}."""
+    row, col, r_rows, r_cols = spec["ellipse"]
+    rows, cols = np.ogrid[: video_hw[0], : video_hw[1]]
+    return ((rows - row) / r_rows) ** 2 + ((cols - col) / r_cols) ** 2 <= 1.0
+
+
 def run_calls(tracker, calls, on_call=None):
     out = {}
     for i, call in enumerate(calls):
         if on_call:
             on_call(i)
-        if call["op"] == "add":
-            res = tracker.add_prompt(call["frame_idx"], call["obj_id"], points=call.get("points"),
-                                     labels=call.get("labels"), box=call.get("box"),
-                                     clear_old_points=call.get("clear_old_points", True))
+        if call["op"] in ("add", "mask"):
+            if call["op"] == "mask":
+                res = tracker.add_mask(call["frame_idx"], call["obj_id"], mask_from_spec(call["mask"], tracker.video_hw))
+            else:
+                res = tracker.add_prompt(call["frame_idx"], call["obj_id"], points=call.get("points"),
+                                         labels=call.get("labels"), box=call.get("box"),
+                                         clear_old_points=call.get("clear_old_points", True))
             j = res.obj_ids.index(call["obj_id"])
             out[f"c{i}_low_res_logits"] = res.low_res_logits[j].numpy()
             out[f"c{i}_object_score_logits"] = res.object_score_logits[j : j + 1].numpy()

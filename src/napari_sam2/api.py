@@ -17,6 +17,7 @@ from .core.frame_labels import LABEL_DTYPE, FrameLabels, check_ids_fit
 from .core.frames import StackFrames
 from .core.image_segmenter import ImageSegmenter
 from .core.prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
+from .core.seeding import seed_prompts
 from .core.tracking import DIRECTIONS, Propagation, TrackingSession
 from .errors import InputError
 from .models.loaded import DEFAULT_MODEL, clear_model_cache, get_model, preprocessing_for
@@ -56,6 +57,11 @@ def segment_image(
                 f"segment_image segments a single image: every prompt needs frame=0 (object {prompt.obj_id} has "
                 f"frame={prompt.frame}). For a stack use segment_stack."
             )
+        if prompt.mask is not None:
+            raise InputError(
+                f"segment_image takes points and boxes; object {prompt.obj_id} has a mask, which on a single image "
+                "is already its segmentation. Mask prompts seed objects in a stack: use segment_stack."
+            )
     check_prompts_fit(prompts, 1, frames.original_size)
     check_ids_fit((prompt.obj_id for prompt in prompts), LABEL_DTYPE)  # label value = obj_id, exactly
     grouped = group_prompts(prompts, frames.original_size)
@@ -71,7 +77,7 @@ def segment_image(
 
 def stream_stack(
     stack,
-    prompts: Sequence[Prompt],
+    prompts: Sequence[Prompt] | None = None,
     axis: int = 0,
     model=DEFAULT_MODEL,
     device="auto",
@@ -83,6 +89,8 @@ def stream_stack(
     frame_range: tuple[int, int] | None = None,
     preprocessing=None,
     fast: bool = False,
+    seed_labels=None,
+    seed_frame: int = 0,
 ) -> Propagation:
     """Segment and track the prompted objects through ``stack`` along ``axis``, one frame at a time.
 
@@ -108,6 +116,10 @@ def stream_stack(
     - ``fast``: run the model at a 512-px input instead of 1024 (``napari_sam2.models.loaded.fast_variant``): about
       five times quicker on a CPU, with coarser masks (structures under ~8 pixels of a 1024-px frame may be lost).
       The default is SAM2's exact behaviour.
+    - ``seed_labels``: a label image, e.g. Cellpose or StarDist output: (H, W) labels of frame ``seed_frame``, or
+      (N, H, W) labels of the whole stack (its ``seed_frame`` slice is used). Every label value on that frame
+      becomes an object with that id, prompted by its mask (Meta's ``add_new_mask``); ``prompts`` may add clicks
+      (on that frame they refine a seed's mask) or further objects. The array is never changed.
     """
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}.")
@@ -117,8 +129,9 @@ def stream_stack(
     )
     # Check the data and prompts before loading a model, which may mean a long download.
     probe = StackFrames(stack, prefetch=0, image_size=1, **frame_options)
-    prompts = prompt_list(prompts)
+    prompts = all_prompts(prompts, seed_labels, seed_frame, len(probe), probe.original_size)
     check_prompts_fit(prompts, len(probe), probe.original_size)
+    group_prompts(prompts, probe.original_size)  # one box and one mask per object and frame
 
     session = TrackingSession(stack, model=model, device=device, preprocessing=preprocessing, fast=fast,
                               **frame_options)
@@ -140,7 +153,7 @@ def stream_stack(
 
 def segment_stack(
     stack,
-    prompts: Sequence[Prompt],
+    prompts: Sequence[Prompt] | None = None,
     axis: int = 0,
     model=DEFAULT_MODEL,
     device="auto",
@@ -153,6 +166,8 @@ def segment_stack(
     frame_range: tuple[int, int] | None = None,
     preprocessing=None,
     fast: bool = False,
+    seed_labels=None,
+    seed_frame: int = 0,
 ) -> np.ndarray:
     """Segment and track the prompted objects through ``stack``; returns an (N, H, W) int32 label array.
 
@@ -161,12 +176,10 @@ def segment_stack(
     ``progress(frames_done, frames_total)`` is called after each frame. Other arguments as in
     :func:`stream_stack`.
     """
-    prompts = prompt_list(prompts)
-    check_ids_fit((prompt.obj_id for prompt in prompts), LABEL_DTYPE)  # label value = obj_id, exactly
     run = stream_stack(
         stack, prompts, axis=axis, model=model, device=device, direction=direction, channel_axis=channel_axis,
         channels=channels, intensity_range=intensity_range, fixed_indices=fixed_indices, frame_range=frame_range,
-        preprocessing=preprocessing, fast=fast,
+        preprocessing=preprocessing, fast=fast, seed_labels=seed_labels, seed_frame=seed_frame,
     )
     labels = np.zeros((run.n_frames, *run.frame_size), LABEL_DTYPE)
     done: set[int] = set()
@@ -208,6 +221,17 @@ def precompute_features(
             if progress is not None:
                 progress(done, session.n_frames)
         return session.n_frames
+
+
+def all_prompts(prompts, seed_labels, seed_frame: int, n_frames: int, frame_size: tuple[int, int]) -> list[Prompt]:
+    """The given prompts and one mask prompt per label of ``seed_labels`` on ``seed_frame`` (core.seeding), checked:
+    at least one in all, ids that fit the int32 labels."""
+    given = [] if prompts is None else prompts
+    prompts = prompt_list(given) if given or seed_labels is None else []
+    if seed_labels is not None:
+        prompts = prompts + seed_prompts(seed_labels, seed_frame, n_frames, frame_size)
+    check_ids_fit((prompt.obj_id for prompt in prompts), LABEL_DTYPE)  # label value = obj_id, exactly
+    return prompts
 
 
 def _image_as_one_frame(

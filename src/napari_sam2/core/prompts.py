@@ -1,4 +1,4 @@
-"""What the user tells SAM2 about an object: points and boxes on one frame, in the array's (row, col) pixels.
+"""What the user tells SAM2 about an object: points, boxes and masks on one frame, in the array's (row, col) pixels.
 
 napari and numpy index an image as (row, col); SAM2 wants (x, y) = (col, row). ``engine_prompt`` is the one place
 where that conversion happens. Pixel (r, c) has its centre at (r, c), as in napari's data coordinates, so a point
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -24,15 +24,19 @@ DIRECTIONS = ("both", "forward", "backward")
 MAX_OBJ_ID = np.iinfo(np.int32).max
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Prompt:
-    """Points and/or a box that mark one object (``obj_id``) on one frame.
+    """Points, a box and/or a mask that mark one object (``obj_id``) on one frame.
 
     - ``frame``: index along the stack's frame axis (0 for a single image).
     - ``obj_id``: positive integer; it becomes the object's label value.
     - ``points``: (row, col) pixel positions; ``labels``: 1 = on the object (positive), 0 = not on it (negative).
       Without ``labels`` every point is positive.
     - ``box``: (row0, col0, row1, col1), two opposite corners, in any order.
+    - ``mask``: (H, W) array the size of one frame, nonzero = the object (e.g. ``labels == 5`` of a Cellpose or
+      StarDist result). A mask alone is taken as the object's mask on that frame, as is (Meta's ``add_new_mask``);
+      with points or a box too, these refine it (the mask is the decoder's mask input, as in Meta's predictor when
+      clicks follow a mask on a frame). Kept as a read-only bool array.
     """
 
     frame: int
@@ -40,6 +44,7 @@ class Prompt:
     points: tuple = ()
     labels: tuple = ()
     box: tuple | None = None
+    mask: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self):
         object.__setattr__(self, "frame", whole_number(self.frame, "frame", minimum=0))
@@ -48,8 +53,24 @@ class Prompt:
         object.__setattr__(self, "points", points)
         object.__setattr__(self, "labels", _labels(self.labels, len(points)))
         object.__setattr__(self, "box", None if self.box is None else _box(self.box))
-        if not points and self.box is None:
-            raise InputError(f"Prompt for object {self.obj_id} on frame {self.frame} has neither points nor a box.")
+        object.__setattr__(self, "mask", None if self.mask is None else _mask(self.mask, self.obj_id, self.frame))
+        if not points and self.box is None and self.mask is None:
+            raise InputError(
+                f"Prompt for object {self.obj_id} on frame {self.frame} has no points, box or mask."
+            )
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Prompt):
+            return NotImplemented
+        same_mask = (self.mask is None and other.mask is None) or (
+            self.mask is not None and other.mask is not None and self.mask.shape == other.mask.shape
+            and bool(np.array_equal(self.mask, other.mask))
+        )
+        return same_mask and (self.frame, self.obj_id, self.points, self.labels, self.box) == (
+            other.frame, other.obj_id, other.points, other.labels, other.box)
+
+    def __hash__(self) -> int:
+        return hash((self.frame, self.obj_id, self.points, self.labels, self.box, self.mask is None))
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,7 @@ class EnginePrompt:
     points_xy: np.ndarray | None  # (N, 2) float32 (x, y), or None
     labels: np.ndarray | None  # (N,) int32 of 1 / 0, or None
     box_xy: np.ndarray | None  # (4,) float32 (x0, y0, x1, y1), or None
+    mask: np.ndarray | None = None  # (H, W) bool at the frame's size, or None
 
 
 def rowcol_to_xy(points_rc) -> np.ndarray:
@@ -68,7 +90,8 @@ def rowcol_to_xy(points_rc) -> np.ndarray:
     return np.asarray(points_rc, dtype=np.float32).reshape(-1, 2)[:, ::-1].copy()
 
 
-def engine_prompt(frame: int, obj_id: int, points_rc, labels, box_rc, image_size: tuple[int, int]) -> EnginePrompt:
+def engine_prompt(frame: int, obj_id: int, points_rc, labels, box_rc, image_size: tuple[int, int],
+                  mask=None) -> EnginePrompt:
     """One object's prompts on one frame in the engine's (x, y) convention, box corners sorted.
 
     Positions are clamped to the centres of the outermost pixels: a click on the outer half of an edge pixel
@@ -83,15 +106,17 @@ def engine_prompt(frame: int, obj_id: int, points_rc, labels, box_rc, image_size
     if box_rc is not None:
         corners = np.clip(rowcol_to_xy([box_rc[:2], box_rc[2:]]), 0, upper_xy)
         box_xy = np.concatenate([corners.min(axis=0), corners.max(axis=0)]).astype(np.float32)
-    return EnginePrompt(frame, obj_id, points_xy, label_array, box_xy)
+    return EnginePrompt(frame, obj_id, points_xy, label_array, box_xy, mask)
 
 
 def group_prompts(prompts: Iterable[Prompt], image_size: tuple[int, int]) -> list[EnginePrompt]:
-    """Merge prompts per (frame, object), in the order each pair first appears; at most one box per pair."""
+    """Merge prompts per (frame, object), in the order each pair first appears; at most one box and one mask per
+    pair."""
     prompts = prompt_list(prompts)
     merged: "OrderedDict[tuple[int, int], dict]" = OrderedDict()
     for prompt in prompts:
-        entry = merged.setdefault((prompt.frame, prompt.obj_id), {"points": [], "labels": [], "box": None})
+        entry = merged.setdefault((prompt.frame, prompt.obj_id),
+                                  {"points": [], "labels": [], "box": None, "mask": None})
         entry["points"].extend(prompt.points)
         entry["labels"].extend(prompt.labels)
         if prompt.box is not None:
@@ -101,14 +126,22 @@ def group_prompts(prompts: Iterable[Prompt], image_size: tuple[int, int]) -> lis
                     "and frame. Keep one box and add points to refine it."
                 )
             entry["box"] = prompt.box
+        if prompt.mask is not None:
+            if entry["mask"] is not None:
+                raise InputError(
+                    f"Object {prompt.obj_id} has two masks on frame {prompt.frame}: give one mask per object and "
+                    "frame (combine them first, e.g. mask_a | mask_b)."
+                )
+            entry["mask"] = prompt.mask
     return [
-        engine_prompt(frame, obj_id, entry["points"], entry["labels"], entry["box"], image_size)
+        engine_prompt(frame, obj_id, entry["points"], entry["labels"], entry["box"], image_size, entry["mask"])
         for (frame, obj_id), entry in merged.items()
     ]
 
 
 def check_prompts_fit(prompts: Sequence[Prompt], n_frames: int, image_size: tuple[int, int]) -> None:
-    """Every prompt on an existing frame, every point on the image, every box overlapping it."""
+    """Every prompt on an existing frame, every point on the image, every box overlapping it, every mask the frame's
+    size."""
     height, width = image_size
     for prompt in prompts:
         if prompt.frame >= n_frames:
@@ -131,6 +164,11 @@ def check_prompts_fit(prompts: Sequence[Prompt], n_frames: int, image_size: tupl
                     f"The box {prompt.box} of object {prompt.obj_id} on frame {prompt.frame} does not overlap the "
                     f"{height} x {width} image."
                 )
+        if prompt.mask is not None and prompt.mask.shape != (height, width):
+            raise InputError(
+                f"The mask of object {prompt.obj_id} on frame {prompt.frame} has shape {prompt.mask.shape}, but a frame "
+                f"is {height} x {width}: give a mask of one frame's size (for a label stack, take its slice)."
+            )
 
 
 def prompt_list(prompts) -> list[Prompt]:
@@ -143,8 +181,8 @@ def prompt_list(prompts) -> list[Prompt]:
         raise InputError(f"prompts must be a list of napari_sam2.Prompt, got {type(prompts).__name__}.") from None
     if not prompts:
         raise InputError(
-            "No prompts given: add at least one Prompt(frame, obj_id, points=[(row, col)]) or a box for the object "
-            "to segment."
+            "No prompts given: add at least one Prompt(frame, obj_id, points=[(row, col)]) or a box or mask for the "
+            "object to segment (or seed objects from a label image: seed_labels=)."
         )
     for prompt in prompts:
         if not isinstance(prompt, Prompt):
@@ -216,6 +254,27 @@ def _labels(labels, n_points: int) -> tuple[int, ...]:
     if len(values) != n_points:
         raise InputError(f"{n_points} point(s) but {len(values)} label(s): give one label (1 or 0) per point.")
     return tuple(values)
+
+
+def _mask(mask, obj_id: int, frame: int) -> np.ndarray:
+    array = np.asarray(mask)
+    if array.ndim != 2:
+        raise InputError(
+            f"The mask of object {obj_id} on frame {frame} must be a 2D (H, W) array of one frame; got shape "
+            f"{array.shape}."
+        )
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InputError(f"The mask of object {obj_id} on frame {frame} must hold numbers or booleans.")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise InputError(f"The mask of object {obj_id} on frame {frame} holds NaN or infinite values.")
+    array = array != 0
+    if not array.any():
+        raise InputError(
+            f"The mask of object {obj_id} on frame {frame} is empty: a mask prompt needs at least one pixel of the "
+            "object."
+        )
+    array.flags.writeable = False
+    return array
 
 
 def _box(box) -> tuple[float, float, float, float]:

@@ -214,7 +214,7 @@ class TrackingSession:
         outward from frame 30, whatever the other objects' frames."""
         direction = _checked_direction(direction)
         if not self._given:
-            raise InputError("No prompts yet: add points or a box for at least one object before propagating.")
+            raise InputError("No prompts yet: add points, a box or a mask for at least one object before propagating.")
         first, last = self._checked_range(frame_range)
         chosen = self._checked_objects(obj_ids)
         in_range = {(frame, obj_id) for frame, obj_id in self._given if obj_id in chosen and first <= frame <= last}
@@ -309,8 +309,17 @@ class TrackingSession:
     def _redecode(self, prompt: EnginePrompt) -> FrameResult:
         with translate_out_of_memory(self.model.device):
             return self._tracker.set_prompt(
-                prompt.frame, prompt.obj_id, points=prompt.points_xy, labels=prompt.labels, box=prompt.box_xy
+                prompt.frame, prompt.obj_id, points=prompt.points_xy, labels=prompt.labels, box=prompt.box_xy,
+                mask=self._model_frame_mask(prompt.mask),
             )
+
+    def _model_frame_mask(self, mask: np.ndarray | None) -> np.ndarray | None:
+        """A frame-sized mask on the frame the model sees (zero-padded below and to the right when the
+        preprocessing pads, as the image is)."""
+        if mask is None:
+            return None
+        height, width = self.frames.model_frame_size
+        return np.pad(mask, ((0, height - mask.shape[0]), (0, width - mask.shape[1])))
 
     def _forget(self, obj_id: int) -> None:
         self._stale.discard(obj_id)
@@ -373,7 +382,8 @@ def _same(given: EnginePrompt | None, wanted: EnginePrompt) -> bool:
     if given is None:
         return False
     return all(
-        _equal_arrays(getattr(given, name), getattr(wanted, name)) for name in ("points_xy", "labels", "box_xy")
+        _equal_arrays(getattr(given, name), getattr(wanted, name))
+        for name in ("points_xy", "labels", "box_xy", "mask")
     )
 
 

@@ -189,23 +189,39 @@ class Tracker:
 
     # ---- history-free prompts and propagation ------------------------------------------------
     @torch.no_grad()
-    def set_prompt(self, frame_idx: int, obj_id: int, points=None, labels=None, box=None) -> FrameResult:
-        """Make `frame_idx` a conditioning frame of `obj_id` with exactly these clicks and/or box,
+    def set_prompt(self, frame_idx: int, obj_id: int, points=None, labels=None, box=None, mask=None) -> FrameResult:
+        """Make `frame_idx` a conditioning frame of `obj_id` with exactly these clicks, box and/or mask,
         decoded from them alone: no memory and no earlier mask, as Meta's predictor decodes the
         first prompt on a frame it never tracked. The mask depends only on the frame and the
         prompts. points (N, 2) as (x, y) and box (x0, y0, x1, y1) in original-size pixels; labels
-        1 = positive, 0 = negative. Returns that frame's result for this object alone. What the
+        1 = positive, 0 = negative; mask (H, W) at the frames' original size, nonzero = object.
+        A mask alone is taken as the output as is (Meta's `add_new_mask`); with clicks or a box too, the clicks
+        are decoded with the mask's logits as the decoder's mask input (Meta's `add_new_points_or_box` after
+        `add_new_mask` on that frame). Returns that frame's result for this object alone. What the
         object tracked before stays until the next `propagate_from_prompts` (or `repropagate`)."""
         frame_idx = self._check_frame(frame_idx)
-        coords, point_labels = self._prompt_to_model_space(points, labels, box)
+        has_clicks = points is not None and len(points) > 0 or box is not None
+        if mask is not None:
+            mask = mask_prompt_to_model_space(mask, self.video_hw, self.model.image_size, self.device)
+        if has_clicks or mask is None:
+            coords, point_labels = self._prompt_to_model_space(points, labels, box)
         obj = self._object(obj_id, create=True)
-        obj.points[frame_idx] = (coords, point_labels)
         obj.temp_non_cond.pop(frame_idx, None)
         features = self._frame_features(frame_idx)
+        mask_logits = None
         with autocast(self.device):
-            pix = self.model.features_without_memory(features)
-            out = self.model.decode(pix, features.high_res, coords, point_labels,
-                                    multimask_output=self._use_multimask(point_labels.shape[1]))
+            if mask is not None:
+                out = self.model.decode_mask_prompt(features.vision, features.high_res, mask)
+                # The clicks' mask input is the mask's output as stored (hole-filled), as Meta takes it.
+                mask_logits = torch.clamp(self._compact(out, 0).pred_masks.to(self.device), -32.0, 32.0)
+            if has_clicks or mask is None:
+                pix = self.model.features_without_memory(features)
+                out = self.model.decode(pix, features.high_res, coords, point_labels, mask_input=mask_logits,
+                                        multimask_output=self._use_multimask(point_labels.shape[1]))
+        if has_clicks or mask is None:
+            obj.points[frame_idx] = (coords, point_labels)
+        else:
+            obj.points.pop(frame_idx, None)
         out = obj.temp_cond[frame_idx] = self._compact(out, 0)
         return self._result(frame_idx, [obj.obj_id], [out])
 

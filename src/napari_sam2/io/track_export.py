@@ -1,0 +1,232 @@
+"""Tracks out: Cell Tracking Challenge (CTC) result folders, GEFF graphs and CSV tables of a Lineage.
+
+Every writer is atomic: it writes to a temporary name beside the output and renames it into place, so a failure
+leaves nothing half-written. geff is optional (``pip install geff``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from ..core.lineage import Lineage, check_labels
+from ..errors import InputError
+
+CTC_MAX_LABEL = np.iinfo(np.uint16).max
+
+
+def write_ctc(labels, lineage: Lineage, folder, *, overwrite: bool = False) -> Path:
+    """Write a CTC result folder: ``mask000.tif``... (uint16, one per frame) and ``res_track.txt``.
+
+    ``res_track.txt`` has one line ``L B E P`` per track segment: track id, first and last frame, parent track id
+    (0 for none). Where the lineage split a label at gaps, the masks carry the segments' track ids, so every track
+    is present on each frame from B to E as CTC requires. Masks are named ``mask%03d.tif``, ``mask%04d.tif`` for
+    more than 1000 frames.
+
+    Args:
+        labels: (T, Y, X) or (T, Z, Y, X) label series the lineage was built from (``build_lineage(labels)``).
+        lineage: its Lineage.
+        folder: output folder; its parent is created if needed.
+        overwrite: replace an existing non-empty folder.
+
+    Returns:
+        The folder.
+
+    Raises:
+        InputError: bad labels, a label or track id above 65535 (CTC masks are uint16), labels and lineage that do
+            not match, or an existing non-empty folder without ``overwrite``.
+    """
+    labels = check_labels(labels)
+    track_ids = [segment.track_id for segment in lineage.segments]
+    highest = max([int(labels.max()) if labels.size else 0, *track_ids])
+    if highest > CTC_MAX_LABEL:
+        raise InputError(
+            f"CTC masks are 16-bit: label or track id {highest} is above {CTC_MAX_LABEL}. "
+            "Relabel the objects with smaller ids (e.g. skimage.segmentation.relabel_sequential) first."
+        )
+    beyond = any(segment.last >= len(labels) for segment in lineage.segments)
+    if beyond or (lineage.tracks.size and lineage.tracks.shape[1] != labels.ndim + 1):
+        raise InputError(
+            f"The lineage does not fit labels of shape {labels.shape} (more frames or other axes); build the "
+            "lineage from these labels (build_lineage(labels)) and write them together."
+        )
+    digits = 3 if len(labels) <= 1000 else 4
+    lut = np.arange(CTC_MAX_LABEL + 1, dtype=np.uint16)
+    with _atomic_folder(Path(folder), overwrite) as temporary:
+        for t, frame in enumerate(labels):
+            frame = frame.astype(np.intp, copy=False)
+            covering = [s for s in lineage.segments if s.first <= t <= s.last]
+            present = np.flatnonzero(np.bincount(frame.ravel(), minlength=1))
+            if sorted(s.label for s in covering) != present[present != 0].tolist():
+                raise InputError(
+                    f"The labels on frame {t} do not match the lineage's tracks; build the lineage from these "
+                    "labels (build_lineage(labels)) and write them together."
+                )
+            renamed = [s for s in covering if s.track_id != s.label]
+            for segment in renamed:
+                lut[segment.label] = segment.track_id
+            tifffile.imwrite(temporary / f"mask{t:0{digits}d}.tif", lut[frame])
+            for segment in renamed:
+                lut[segment.label] = segment.label
+        lines = [
+            f"{s.track_id} {s.first} {s.last} {s.parent}\n" for s in sorted(lineage.segments, key=lambda s: s.track_id)
+        ]
+        (temporary / "res_track.txt").write_text("".join(lines))
+    return Path(folder)
+
+
+def write_geff(
+    lineage: Lineage,
+    path,
+    *,
+    overwrite: bool = False,
+    axis_names: tuple[str, ...] | None = None,
+    scale: tuple[float, ...] | None = None,
+    axis_units: tuple[str | None, ...] | None = None,
+) -> Path:
+    """Write the lineage as a GEFF zarr store (Graph Exchange File Format) with the ``geff`` package.
+
+    One node per track and frame, with properties named by ``axis_names`` (time as an int frame index, positions
+    as centroids in pixels), ``track_id`` and ``label``. Edges join consecutive present frames of a track, and the
+    last node of a parent track to the first node of each child (a division, or the same object across a gap).
+
+    Args:
+        lineage: from ``build_lineage``.
+        path: output folder of the zarr store; its parent is created if needed.
+        overwrite: replace an existing non-empty folder.
+        axis_names: time axis then spatial axes; default ("t", "y", "x") or ("t", "z", "y", "x").
+        scale: physical size of a frame and of a pixel along each axis, recorded in the metadata (positions stay in
+            pixels); None for no scale.
+        axis_units: units of the axes (e.g. ("second", "micrometer", "micrometer")), or None.
+
+    Returns:
+        The path.
+
+    Raises:
+        InputError: geff not installed, axis names / scale / units not matching the axes, or an existing non-empty
+            folder without ``overwrite``.
+    """
+    try:
+        import geff
+        import networkx as nx
+    except ImportError:
+        raise InputError("Writing GEFF needs the geff package: pip install geff") from None
+    tracks = lineage.tracks
+    n_axes = tracks.shape[1] - 1  # time and space
+    names = list(axis_names) if axis_names is not None else ["t", *["z", "y", "x"][1 - n_axes :]]
+    if len(names) != n_axes or len(set(names)) != n_axes or {"track_id", "label"} & set(names):
+        raise InputError(
+            f"axis_names must name the {n_axes} axes (time first), all different and not 'track_id' or 'label'; "
+            f"got {axis_names!r}."
+        )
+    for given, what in ((scale, "scale"), (axis_units, "axis_units")):
+        if given is not None and len(given) != n_axes:
+            raise InputError(f"{what} must have one entry per axis ({', '.join(names)}); got {given!r}.")
+    if scale is not None and not all(float(s) > 0 for s in scale):
+        raise InputError(f"scale must be positive sizes; got {scale!r}.")
+
+    label_of = lineage.labels()
+    graph = nx.DiGraph()
+    track = tracks[:, 0].astype(np.int64)
+    for node, row in enumerate(tracks):
+        position = {name: float(value) for name, value in zip(names[1:], row[2:])}
+        track_id = int(track[node])
+        graph.add_node(node, **{names[0]: int(row[1])}, **position, track_id=track_id, label=label_of[track_id])
+    same = np.flatnonzero(track[1:] == track[:-1])
+    graph.add_edges_from(zip(same.tolist(), (same + 1).tolist()))
+    first_node = {int(t): int(i) for t, i in zip(*np.unique(track, return_index=True))}
+    last_node = {int(t): len(track) - 1 - int(i) for t, i in zip(*np.unique(track[::-1], return_index=True))}
+    for segment in lineage.segments:
+        if segment.parent:
+            graph.add_edge(last_node[segment.parent], first_node[segment.track_id])
+
+    with _atomic_folder(Path(path), overwrite, create=False) as temporary:
+        geff.write(
+            graph,
+            str(temporary),
+            axis_names=names,
+            axis_types=["time"] + ["space"] * (n_axes - 1),
+            axis_units=list(axis_units) if axis_units is not None else None,
+            axis_scales=[float(s) for s in scale] if scale is not None else None,
+        )
+    return Path(path)
+
+
+def write_tracks_csv(lineage: Lineage, path) -> Path:
+    """Write the track points as CSV: ``track_id,t,(z,)y,x,label,parent_track_id``, one row per track and frame.
+
+    Positions are centroids in pixels; parent_track_id is 0 for none. An existing file is replaced.
+    """
+    tracks = lineage.tracks
+    spatial = ["z", "y", "x"][-(tracks.shape[1] - 2) :]
+    label_of, parent_of = lineage.labels(), lineage.parents()
+    with _atomic_file(Path(path)) as file:
+        writer = csv.writer(file)
+        writer.writerow(["track_id", "t", *spatial, "label", "parent_track_id"])
+        for row in tracks:
+            track_id = int(row[0])
+            position = (float(v) for v in row[2:])
+            writer.writerow([track_id, int(row[1]), *position, label_of[track_id], parent_of[track_id]])
+    return Path(path)
+
+
+def write_flags_csv(lineage: Lineage, path) -> Path:
+    """Write the identity-safety flags as CSV: ``frame,track_id,label,kind,value,text``. An existing file is
+    replaced."""
+    with _atomic_file(Path(path)) as file:
+        writer = csv.writer(file)
+        writer.writerow(["frame", "track_id", "label", "kind", "value", "text"])
+        for flag in lineage.flags:
+            writer.writerow([flag.frame, flag.track_id, flag.label, flag.kind, flag.value, flag.text])
+    return Path(path)
+
+
+@contextmanager
+def _atomic_file(path: Path):
+    """A text file open at a temporary name beside ``path``, renamed to ``path`` when the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f"{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as file:
+            yield file
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _atomic_folder(folder: Path, overwrite: bool, create: bool = True):
+    """A folder to fill in ``<folder>.tmp-XXXX``; it becomes ``folder`` when the block succeeds.
+
+    ``create=False`` yields a path that does not exist yet, for writers that refuse an existing folder (geff).
+    """
+    if folder.exists() and not overwrite and (not folder.is_dir() or any(folder.iterdir())):
+        raise InputError(f"{folder} already exists; choose another output or pass overwrite=True.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
+    staged = temporary if create else temporary / folder.name
+    try:
+        yield staged
+        old = None
+        if folder.exists() or folder.is_symlink():
+            # Moved aside, not deleted, until the new folder is in place.
+            old = Path(tempfile.mkdtemp(prefix=f"{folder.name}.old-", dir=folder.parent)) / "old"
+            os.replace(folder, old)
+        try:
+            os.replace(staged, folder)
+        except BaseException:
+            if old is not None:
+                os.replace(old, folder)
+            raise
+        if old is not None:
+            shutil.rmtree(old.parent, ignore_errors=True)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
