@@ -6,7 +6,6 @@ import time
 from functools import partial
 
 import numpy as np
-import pytest
 from checkpoint_server import PAYLOAD, add_model, isolated_cache, server  # noqa: F401  (fixtures)
 from fake_session import FakeSession
 

@@ -254,3 +254,20 @@ def _touching(a, b):
     grown[:, 1:] |= grown[:, :-1].copy()
     grown[:, :-1] |= grown[:, 1:].copy()
     return bool((grown & b).any())
+
+
+def test_daughters_born_touching_are_found_on_their_first_frame():
+    """A mother pinched at a waist into two touching daughters (one connected mask) is already divided there."""
+    labels = np.zeros((6, 40, 60), np.int32)
+    labels[:2, 10:30, 15:45] = 5  # the mother, a whole cell (solidity 1)
+    labels[2, 10:30, 15:27] = 5  # two touching daughters joined by a thin neck: pinched
+    labels[2, 10:30, 33:45] = 5
+    labels[2, 19:21, 27:33] = 5
+    labels[3:, 10:30, 12:26] = 5  # then apart
+    labels[3:, 10:30, 34:48] = 5
+    (division,) = find_divisions(labels, min_frames=3)
+    assert division.frame == 2
+    left, right = sorted(division.parts, key=lambda part: np.argwhere(part)[:, 1].mean())
+    assert left[:, 15:27].all(axis=1)[10:30].all() and not left[:, 31:].any()
+    assert right[:, 33:45].all(axis=1)[10:30].all() and not right[:, :29].any()
+    assert (left | right).sum() == (labels[2] == 5).sum()

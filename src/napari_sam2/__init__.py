@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 # and napari's plugin discovery stay quick.
 _API_NAMES = (
     "Prompt", "segment_image", "segment_stack", "stream_stack", "FrameLabels", "TrackingSession",
-    "Propagation", "get_model", "clear_model_cache", "DEFAULT_MODEL", "precompute_features",
+    "Propagation", "get_model", "clear_model_cache", "DEFAULT_MODEL", "precompute_features", "track_stack",
+    "TimelapseTracks",
 )
 
 __all__ = ["Sam2Error", "CheckpointError", "InputError", "DeviceError", "__version__", *_API_NAMES]

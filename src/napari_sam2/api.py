@@ -18,13 +18,15 @@ from .core.frames import StackFrames
 from .core.image_segmenter import ImageSegmenter
 from .core.prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
 from .core.seeding import seed_prompts
+from .core.timelapse import TimelapseTracks, automatic_seeds, track_timelapse
 from .core.tracking import DIRECTIONS, Propagation, TrackingSession
 from .errors import InputError
 from .models.loaded import DEFAULT_MODEL, clear_model_cache, get_model, preprocessing_for
 
 __all__ = [
     "DEFAULT_MODEL", "DIRECTIONS", "FrameLabels", "Prompt", "Propagation", "TrackingSession",
-    "clear_model_cache", "get_model", "precompute_features", "segment_image", "segment_stack", "stream_stack",
+    "TimelapseTracks", "clear_model_cache", "get_model", "precompute_features", "segment_image", "segment_stack",
+    "stream_stack", "track_stack",
 ]
 
 
@@ -189,6 +191,68 @@ def segment_stack(
         if progress is not None:
             progress(len(done), run.total)
     return labels
+
+
+def track_stack(
+    stack,
+    prompts: Sequence[Prompt] | None = None,
+    axis: int = 0,
+    model=DEFAULT_MODEL,
+    device="auto",
+    seed_labels=None,
+    seed_frame: int = 0,
+    seed: str | None = None,
+    auto_options: dict | None = None,
+    divisions: bool = True,
+    min_division_frames: int = 3,
+    progress: Callable[[int, int], None] | None = None,
+    channel_axis: int | None = None,
+    channels: Sequence[int] | None = None,
+    intensity_range=None,
+    fixed_indices=None,
+    preprocessing=None,
+    fast: bool = False,
+) -> TimelapseTracks:
+    """Track cells through a time-lapse ``stack`` (frames along ``axis``), follow their divisions and build their
+    lineage. Returns a :class:`TimelapseTracks`: ``labels`` (T, H, W) int32 (label value = object id; daughters
+    get new ids above the seeds'), ``lineage`` (``tracks`` and ``graph`` for napari's Tracks layer, ``segments``,
+    identity ``flags``) and ``divisions`` (mother id -> (frame, daughter ids)). Export with
+    :func:`napari_sam2.io.track_export.write_tracking` (CTC, GEFF, CSV).
+
+    Objects come from ``prompts``, from ``seed_labels`` (every label value on ``seed_frame`` becomes an object with
+    that id, as in :func:`stream_stack`), or with ``seed="auto"`` from SAM2's automatic mask generator on
+    ``seed_frame`` (``auto_options``: its parameters, e.g. ``{"points_per_side": 16, "pred_iou_thresh": 0.8}``),
+    or from several of these together. ``divisions``: an object whose mask splits into two parts lasting
+    ``min_division_frames`` frames ends before the split, and each part is tracked on as a daughter.
+    ``progress(frames_done, frames_total)``: after each frame; the total grows when a division adds a run. Other
+    arguments as in :func:`stream_stack`.
+    """
+    if seed not in (None, "auto"):
+        raise InputError(f"seed must be None or 'auto', got {seed!r}.")
+    if auto_options is not None and seed != "auto":
+        raise InputError("auto_options are the automatic seeding's parameters: give them with seed='auto'.")
+    frame_options = dict(
+        axis=axis, channel_axis=channel_axis, channels=channels, intensity_range=intensity_range,
+        fixed_indices=fixed_indices,
+    )
+    probe = StackFrames(stack, prefetch=0, image_size=1, **frame_options)
+    if seed == "auto" and prompts is None and seed_labels is None:
+        given: list[Prompt] = []
+    else:
+        given = all_prompts(prompts, seed_labels, seed_frame, len(probe), probe.original_size)
+    check_prompts_fit(given, len(probe), probe.original_size)
+    group_prompts(given, probe.original_size) if given else None
+    with TrackingSession(stack, model=model, device=device, preprocessing=preprocessing, fast=fast,
+                         **frame_options) as session:
+        if seed == "auto":
+            taken = {prompt.obj_id for prompt in given}
+            found = automatic_seeds(session, seed_frame, **(auto_options or {}))
+            # Automatic objects get ids after the given ones, so no given object is replaced.
+            offset = max(taken, default=0)
+            found = np.where(found > 0, found + offset, 0)
+            given = given + seed_prompts(found, seed_frame, session.n_frames, session.frame_size)
+        return track_timelapse(session, given, divisions=divisions, min_division_frames=min_division_frames,
+                               progress=progress)
 
 
 def precompute_features(

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from skimage.measure import label as connected_components
+from skimage.measure import regionprops
+from skimage.segmentation import watershed
 
 from ..errors import InputError
 
@@ -136,12 +138,17 @@ def frame_stats(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values.astype(np.int64), areas, centroids
 
 
-def find_divisions(labels, *, min_frames: int = 3, min_part_fraction: float = 0.15) -> list[Division]:
+def find_divisions(labels, *, min_frames: int = 3, min_part_fraction: float = 0.15,
+                   pinch_solidity: float = 0.92) -> list[Division]:
     """Divisions the way SAM2 shows them: one label's mask splitting into lasting parts.
 
     A label is split on a frame when its mask has at least two connected parts (8-connectivity in 2D, full in 3D)
     that each hold at least ``min_part_fraction`` of its area there. A split on ``min_frames`` consecutive frames
     is a division, reported at the first frame of the run; shorter runs (transient splits) and small specks are not.
+    Daughters are born touching: on the frames just before the run, a mask pinched at a waist (solidity, area over
+    convex-hull area, below ``pinch_solidity``; a whole cell is near 1) that both parts of the next frame overlap
+    is already the two daughters, split between them (each pixel to the part it is reached from first), and the
+    division is reported there.
 
     Args:
         labels: (T, Y, X) or (T, Z, Y, X) non-negative ints.
@@ -171,9 +178,28 @@ def find_divisions(labels, *, min_frames: int = 3, min_part_fraction: float = 0.
             run[1] += 1
             if run[1] == min_frames:
                 start, _, components, ids = run
-                divisions.append(Division(start, value, [components == i for i in ids[:2]]))
+                parts = [components == i for i in ids[:2]]
+                divisions.append(_pinched_start(labels, value, start, parts, min_part_fraction, pinch_solidity))
     divisions.sort(key=lambda d: (d.frame, d.label))
     return divisions
+
+
+def _pinched_start(labels, value, start, parts, min_part_fraction, pinch_solidity) -> Division:
+    """The division moved back over the frames where the mask is pinched into the two parts (find_divisions)."""
+    for t in range(start - 1, -1, -1):
+        mask = labels[t] == value
+        seeds = np.zeros(mask.shape, np.int32)
+        for i, part in enumerate(parts, start=1):
+            seeds[part & mask] = i
+        if (connected_components(mask, connectivity=mask.ndim).max() != 1 or len(np.unique(seeds)) != 3
+                or regionprops(mask.astype(np.uint8))[0].solidity >= pinch_solidity):
+            break
+        halves = watershed(np.zeros(mask.shape, np.uint8), seeds, mask=mask)
+        area = mask.sum()
+        if min((halves == 1).sum(), (halves == 2).sum()) < min_part_fraction * area:
+            break
+        start, parts = t, [halves == 1, halves == 2]
+    return Division(start, value, parts)
 
 
 def _split_labels(frame: np.ndarray, min_part_fraction: float) -> tuple[dict[int, np.ndarray], np.ndarray]:

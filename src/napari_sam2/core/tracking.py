@@ -194,6 +194,11 @@ class TrackingSession:
             self._tracker.remove_object(obj_id)
         self._forget(obj_id)
 
+    def end_object(self, obj_id: int, last_frame: int) -> None:
+        """Forget what ``obj_id`` tracked after ``last_frame``: a cell that divided there, its daughters tracked as
+        objects of their own (core.timelapse). Its prompts stay; a later full propagation tracks it whole again."""
+        self._tracker.end_track(obj_id, last_frame)
+
     def restart(self) -> None:
         """Forget every prompt and tracked mask (the frames and the model stay)."""
         self._tracker.reset()

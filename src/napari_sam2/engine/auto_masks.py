@@ -31,6 +31,8 @@ them in); with several crops, masks of smaller crops first, each crop's in desce
 Differences from Meta's records: `crop_box` is (x0, y0, x1, y1) (Meta's record gives it as XYWH); `bbox` is Meta's
 XYWH (x0, y0, x1 - x0, y1 - y0) with x1, y1 the last column / row of the mask (so w, h are one less than the pixel
 extent, as Meta's); only binary masks are returned (no RLE output modes); explicit `point_grids` are not supported.
+Each crop becomes the model input with `preprocess.model_input` (Meta's stretch to the square input), whatever
+preprocessing profile the model was trained with.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from .preprocess import model_coords, model_input
 
 CROP_EDGE_TOLERANCE = 20.0  # pixels: a box within this of a crop edge (not an image edge) touches it (Meta's atol)
 LOW_RES_CLAMP = 32.0  # low-res logits fed back as a mask prompt (use_m2m) are clamped to +- this, as Meta's
-HOLE_FILL_LOGIT = 10.0  # a filled hole becomes mask_threshold + 10, a removed speck mask_threshold - 10 (Meta's)
+HOLE_FILL_LOGIT = 10.0  # low-res clean-up: a filled hole becomes +10, a removed speck -10 (Meta's predictor)
 PREDICTOR_MASK_THRESHOLD = 0.0  # the logit the low-res clean-up separates holes and specks at (Meta's predictor's)
 UPSCALE_CHUNK = 32  # masks upscaled to crop size at a time (bounds memory for large images)
 

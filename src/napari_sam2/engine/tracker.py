@@ -253,6 +253,22 @@ class Tracker:
             obj.temp_non_cond.clear()
             obj.tracked.clear()
 
+    def end_track(self, obj_id: int, last_frame: int) -> None:
+        """Forget what `obj_id` tracked after `last_frame` (a cell that divided, whose daughters are tracked as
+        objects of their own from the next frame): its tracked outputs on later frames are dropped, so it no longer
+        claims pixels there. InputError if it has a prompt after `last_frame`."""
+        last_frame = self._check_frame(last_frame)
+        obj = self._object(obj_id)
+        later = [t for t in obj.prompted_frames() if t > last_frame]
+        if later:
+            raise InputError(f"Object {obj_id} has prompts on frame(s) {later}, after frame {last_frame}.")
+        for frame_idx in [t for t in obj.non_cond.frames() if t > last_frame]:
+            obj.non_cond.pop(frame_idx)
+        for frame_idx in [t for t in obj.tracked if t > last_frame]:
+            del obj.tracked[frame_idx]
+        for frame_idx in [t for t in obj.temp_non_cond if t > last_frame]:
+            del obj.temp_non_cond[frame_idx]
+
     def propagate_from_prompts(self, direction: str = "both", first_frame: Optional[int] = None,
                                last_frame: Optional[int] = None,
                                obj_ids: Optional[Iterable[int]] = None) -> Iterator[FrameResult]:

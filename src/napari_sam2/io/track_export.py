@@ -7,6 +7,7 @@ leaves nothing half-written. geff is optional (``pip install geff``).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -186,6 +187,38 @@ def write_flags_csv(lineage: Lineage, path) -> Path:
         for flag in lineage.flags:
             writer.writerow([flag.frame, flag.track_id, flag.label, flag.kind, flag.value, flag.text])
     return Path(path)
+
+
+TRACK_FORMATS = ("ctc", "geff", "csv")
+
+
+def write_tracking(labels, lineage: Lineage, folder, formats=TRACK_FORMATS, *, overwrite: bool = False,
+                   scale=None) -> list[Path]:
+    """Write a tracking result into ``folder`` in each of ``formats``: "ctc" -> ``folder/RES`` (a CTC result
+    folder, ``write_ctc``), "geff" -> ``folder/tracks.geff`` (``write_geff``; ``scale``: the size of a frame
+    and of a pixel along each axis, time first, recorded in its metadata), "csv" -> ``folder/tracks.csv`` and ``folder/flags.csv`` (the identity-safety flags). Returns the paths
+    written. Every output is checked for existence before anything is written (InputError without ``overwrite``)."""
+    formats = tuple(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in TRACK_FORMATS]
+    if unknown or not formats:
+        raise InputError(f"Unknown track format(s) {unknown}: choose from {', '.join(TRACK_FORMATS)}.")
+    folder = Path(folder)
+    outputs = {"ctc": [folder / "RES"], "geff": [folder / "tracks.geff"],
+               "csv": [folder / "tracks.csv", folder / "flags.csv"]}
+    chosen = [path for f in formats for path in outputs[f]]
+    existing = [str(path) for path in chosen if path.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{', '.join(existing)} already exist(s); pass overwrite to replace, or choose another folder.")
+    if "geff" in formats and importlib.util.find_spec("geff") is None:  # before anything is written
+        raise InputError("Writing GEFF needs the geff package: pip install geff (or leave out the geff format).")
+    written = []
+    if "ctc" in formats:
+        written.append(write_ctc(labels, lineage, folder / "RES", overwrite=overwrite))
+    if "geff" in formats:
+        written.append(write_geff(lineage, folder / "tracks.geff", overwrite=overwrite, scale=scale))
+    if "csv" in formats:
+        written += [write_tracks_csv(lineage, folder / "tracks.csv"), write_flags_csv(lineage, folder / "flags.csv")]
+    return written
 
 
 @contextmanager

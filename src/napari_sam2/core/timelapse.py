@@ -1,0 +1,151 @@
+"""Time-lapse cell tracking on a TrackingSession: seed objects (prompts, a label image or SAM2's automatic masks on one
+frame), track them all, follow divisions, and build the lineage.
+
+Divisions: SAM2 keeps tracking a dividing cell as one object whose mask covers both daughters. When an object's mask
+splits into two lasting parts (core.lineage.find_divisions), the mother ends on the frame before, and each part
+becomes a new object, prompted by its mask on the division frame and tracked forward; its parent is the mother.
+Daughters that divide in turn are handled the same way, round after round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .frame_labels import LABEL_DTYPE, FrameLabels
+from .lineage import Division, Lineage, build_lineage, find_divisions
+from .prompts import Prompt
+from .tracking import TrackingSession
+
+# Division rounds at most: each round lets the daughters of the previous one divide (2^8 cells from one is plenty).
+MAX_DIVISION_ROUNDS = 8
+
+
+@dataclass
+class TimelapseTracks:
+    """What a time-lapse run gives: ``labels`` (T, H, W) int32, label value = object id (daughters get new ids
+    above every seed's); ``lineage`` (core.lineage.Lineage: napari Tracks data and graph, segments, flags);
+    ``divisions``: mother id -> (division frame, (daughter ids)); a daughter the tracker lost at once has no pixel
+    and no track."""
+
+    labels: np.ndarray
+    lineage: Lineage
+    divisions: dict[int, tuple[int, tuple[int, int]]] = field(default_factory=dict)
+
+
+def automatic_seeds(session: TrackingSession, frame: int, progress: Callable[[int, int], None] | None = None,
+                    **options) -> np.ndarray:
+    """SAM2's automatic mask generator on ``frame`` as an (H, W) int32 label image (engine.auto_masks: a point grid,
+    batched decoding, predicted-IoU and stability filtering, non-maximum suppression; ``options`` are its
+    parameters, e.g. points_per_side, pred_iou_thresh, stability_score_thresh, min_mask_region_area). InputError
+    if no object is found."""
+    from ..engine.auto_masks import AutomaticMaskGenerator, to_label_image
+
+    if not 0 <= frame < session.n_frames:
+        raise InputError(f"The seed frame {frame} is not a frame of the stack (0 to {session.n_frames - 1}).")
+    generator = AutomaticMaskGenerator(session.model, **options)
+    masks = generator.generate(session.frames.frame_rgb(frame), progress=progress)
+    labels = to_label_image(masks, session.frame_size)
+    if not labels.any():
+        raise InputError(
+            f"No object found on frame {frame}: lower pred_iou_thresh or stability_score_thresh, or seed from "
+            "labels or clicks."
+        )
+    return labels.astype(LABEL_DTYPE, copy=False)
+
+
+def track_timelapse(session: TrackingSession, prompts: Sequence[Prompt], *, divisions: bool = True,
+                    min_division_frames: int = 3, progress: Callable[[int, int], None] | None = None,
+                    on_frame: Callable[[np.ndarray, int], None] | None = None) -> TimelapseTracks:
+    """Track every prompted object through the session's frames ("both" ways from its prompts), then, with
+    ``divisions``, split each object whose mask divides into two parts lasting ``min_division_frames`` frames into
+    two daughter objects tracked forward from there. ``progress(frames_done, frames_total)`` after each frame (the
+    total grows when a division adds a run); ``on_frame(labels, frame)`` after each frame's labels are written
+    (``labels`` is the run's (T, H, W) array, updated in place: e.g. to refresh a viewer). Stop early by raising in
+    a callback: nothing is returned then."""
+    session.add_prompts(prompts)
+    labels = np.zeros((session.n_frames, *session.frame_size), LABEL_DTYPE)
+    counter = _Progress(progress)
+    _write_run(session.propagate("both"), labels, counter, on_frame)
+    found: dict[int, tuple[int, tuple[int, int]]] = {}
+    if divisions:
+        _follow_divisions(session, labels, found, min_division_frames, counter, on_frame)
+    present = set(np.unique(labels).tolist())
+    # A daughter SAM2 lost at once (no pixel on any frame) is no track.
+    parents = {daughter: mother for mother, (_, daughters) in found.items() for daughter in daughters
+               if daughter in present and mother in present}
+    return TimelapseTracks(labels, build_lineage(labels, parents, infer_divisions=False), found)
+
+
+def _follow_divisions(session, labels, found: dict, min_frames: int, counter, on_frame) -> None:
+    seen: set[int] = set()
+    next_id = int(labels.max()) + 1
+    for _ in range(MAX_DIVISION_ROUNDS):
+        new = [d for d in find_divisions(labels, min_frames=min_frames) if d.label not in seen]
+        if not new:
+            return
+        for division in new:
+            seen.add(division.label)
+            if _divide(session, labels, division, (next_id, next_id + 1), counter, on_frame):
+                found[division.label] = (division.frame, (next_id, next_id + 1))
+                next_id += 2
+
+
+def _divide(session, labels, division: Division, daughters: tuple[int, int], counter, on_frame) -> bool:
+    """The mother ends before the division frame; each part is a daughter object tracked forward from it. False (and
+    nothing changed) where the division cannot be followed: on the mother's first frame (nothing to end), or the
+    mother has prompts from there on (the user says it is one object)."""
+    frame, mother = division.frame, division.label
+    first = int(np.flatnonzero((labels == mother).reshape(len(labels), -1).any(axis=1))[0])
+    if frame <= first or any(f >= frame for f in session.prompted_frames.get(mother, ())):
+        return False
+    session.end_object(mother, frame - 1)
+    later = labels[frame:]
+    later[later == mother] = 0
+    session.add_prompts([Prompt(frame, obj_id, mask=part) for obj_id, part in zip(daughters, division.parts)])
+    run = session.propagate("forward", frame_range=(frame, session.n_frames - 1), obj_ids=daughters)
+    _write_run(run, labels, counter, on_frame)
+    return True
+
+
+def _write_run(run, labels: np.ndarray, counter: "_Progress", on_frame) -> None:
+    counter.add(run.total)
+    for result in run:
+        _write_objects(labels[result.frame], result)
+        counter.frame_done(result.frame)
+        if on_frame is not None:
+            on_frame(labels, result.frame)
+    counter.run_done()
+
+
+def _write_objects(frame_labels: np.ndarray, result: FrameLabels) -> None:
+    """The result's objects replace their own earlier pixels on the frame; other objects' pixels stay."""
+    for obj_id, mask in zip(result.obj_ids, result.masks):
+        frame_labels[frame_labels == obj_id] = 0
+        frame_labels[mask] = obj_id
+
+
+class _Progress:
+    """Frames done over the frames planned, across runs (a run's frame counts once however often it comes)."""
+
+    def __init__(self, callback):
+        self.callback = callback
+        self.done = self.total = 0
+        self._run_frames: set[int] = set()
+
+    def add(self, frames: int) -> None:
+        self.total += frames
+        self._run_frames = set()
+
+    def frame_done(self, frame: int) -> None:
+        if frame not in self._run_frames:
+            self._run_frames.add(frame)
+            self.done += 1
+            if self.callback is not None:
+                self.callback(self.done, self.total)
+
+    def run_done(self) -> None:
+        self.total = self.done  # a run may visit fewer frames than planned
