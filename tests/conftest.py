@@ -212,12 +212,15 @@ def clear_feature_memory():
 
 @pytest.fixture
 def messages(monkeypatch):
-    """Notifications the napari widget shows, by kind."""
+    """Notifications the napari widget (and its time-lapse section) shows, by kind."""
+    from napari_sam2._napari._qt import timelapse_panel
     from napari_sam2._napari._qt import widget as widget_module
 
-    shown = {"error": [], "warning": []}
+    shown = {"error": [], "warning": [], "info": []}
     for kind in shown:
-        monkeypatch.setattr(widget_module, f"show_{kind}", shown[kind].append)
+        for module in (widget_module, timelapse_panel):
+            if hasattr(module, f"show_{kind}"):
+                monkeypatch.setattr(module, f"show_{kind}", shown[kind].append)
     return shown
 
 

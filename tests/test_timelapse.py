@@ -5,7 +5,7 @@ With random test weights SAM2's masks are meaningless, so the tracking logic is 
 tracks like a perfect SAM2: each object follows its ground-truth cell, and a cell that divides stays ONE object
 covering both daughters (what SAM2 does). track_timelapse must find each division, end the mother, track the
 daughters as new objects, and the exported CTC folder must score TRA = 1 with every division found (traccuracy).
-The SAM2 path itself is tested for plumbing on the fast model."""
+The SAM2 path itself is tested for plumbing on the miniature model."""
 
 import numpy as np
 import pytest
@@ -128,13 +128,13 @@ def test_a_mother_with_prompts_after_the_split_is_not_divided(sample):
     assert 1 not in result.divisions and 2 in result.divisions
 
 
-def test_track_stack_plumbing_on_the_fast_model(fast_model, sample, tmp_path):
+def test_track_stack_plumbing_on_sam2(mini_model, sample, tmp_path):
     truth, _ = sample
     image, _, _ = make_tracking_timelapse(shape=(16, 64, 80), seed=1)
     seeds = np.zeros(image.shape[1:], np.int32)
     seeds[10:30, 10:30], seeds[35:55, 40:70] = 4, 11
     progress = []
-    result = track_stack(image, model=fast_model, seed_labels=seeds, progress=lambda *a: progress.append(a))
+    result = track_stack(image, model=mini_model, seed_labels=seeds, progress=lambda *a: progress.append(a))
     assert result.labels.shape == image.shape and result.labels.dtype == np.int32
     assert set(np.unique(result.labels)) - {0} <= {4, 11} | {d for _, ds in result.divisions.values() for d in ds}
     present = set(np.unique(result.labels).tolist())

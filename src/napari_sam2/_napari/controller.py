@@ -29,7 +29,9 @@ Run kinds: "live" (the prompts changed: the changed (slice, object) pairs are de
 the same, and the masks of every object prompted on the shown slice are written again), "propagate" (a full run
 from the prompts), "corrections" (re-tracking from the slices prompted since the last run), "retrack" (a full run
 of some objects only), "precompute" (the image features of every slice stored on disk: ``frame_done`` then carries
-None instead of labels).
+None instead of labels), "track" (time-lapse cell tracking: a full run, then each division followed by two daughter
+objects with new ids; ``tracked(TimelapseTracks)`` comes before the run ends), "find" (SAM2's automatic masks on one
+slice: ``objects_found(frame, labels)``, an (H, W) label image, comes before the run ends; nothing is written).
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ logger = logging.getLogger(__name__)
 
 IDLE, RUNNING, CANCELLING = "idle", "running", "cancelling"
 LIVE, SLICE, PROPAGATE, CORRECTIONS, RETRACK = "live", "slice", "propagate", "corrections", "retrack"
-PRECOMPUTE = "precompute"
-SLICE_KINDS = (LIVE, SLICE)
+PRECOMPUTE, TRACK, FIND = "precompute", "track", "find"
+SLICE_KINDS = (LIVE, SLICE, FIND)
 DOWNLOAD_REPORT_S = 0.1  # at most ~10 download progress events a second reach the GUI
 
 
@@ -66,6 +68,8 @@ class ControllerEvents(SignalGroup):
     frame_done = Signal(object, int, int)
     warning = Signal(str)
     finished = Signal(str, int)
+    objects_found = Signal(int, object)
+    tracked = Signal(object)
     failed = Signal(str)
     cancelled = Signal(int)
 
@@ -125,6 +129,17 @@ class _Download:
 @dataclass(frozen=True)
 class _Warning:
     message: str
+
+
+@dataclass(frozen=True)
+class _Found:
+    frame: int
+    labels: Any
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    result: Any
 
 
 @dataclass(frozen=True)
@@ -333,6 +348,26 @@ class TrackingController:
         self._start(lambda session_steps, run: self._precompute_steps(session_steps))
         return True
 
+    def track_cells(self, spec: SessionSpec, prompts: Sequence[Prompt], divisions: bool = True) -> bool:
+        """Time-lapse tracking: every prompted object tracked from its prompts, then, with ``divisions``, each
+        division followed (core.timelapse); ``frame_done`` carries each frame's objects (daughters under new ids, a
+        divided mother's empty masks after her division), ``tracked`` the TimelapseTracks. Returns False while
+        another run is in progress."""
+        prompts = list(prompts)
+        if not self._begin(TRACK, spec, "Preparing…"):
+            return False
+        self._warn_negative_only(prompts)
+        self._start(lambda session_steps, run: self._track_steps(session_steps, run, prompts, divisions))
+        return True
+
+    def find_objects(self, spec: SessionSpec, frame: int, options: dict | None = None) -> bool:
+        """SAM2's automatic mask generator on slice ``frame`` (core.timelapse.automatic_seeds with ``options``):
+        ``objects_found(frame, labels)``. Returns False while another run is in progress."""
+        if not self._begin(FIND, spec, f"Finding objects on slice {frame}…"):
+            return False
+        self._start(lambda session_steps, run: self._find_steps(session_steps, frame, dict(options or {})))
+        return True
+
     def remove_object(self, obj_id: int) -> bool:
         """Forget an object's prompts and masks in the session (the caller removes its points and labels). Returns
         False while a run is in progress."""
@@ -445,6 +480,10 @@ class TrackingController:
             self.events.started.emit(item.kind, item.total, item.description)
         elif isinstance(item, _Warning):
             self.events.warning.emit(item.message)
+        elif isinstance(item, _Found):
+            self.events.objects_found.emit(item.frame, item.labels)
+        elif isinstance(item, _Tracked):
+            self.events.tracked.emit(item.result)
         elif isinstance(item, (FrameLabels, _FrameProgress)):
             if run.abort_message is not None:
                 return  # the run's target is gone: nothing more is written
@@ -483,6 +522,8 @@ class TrackingController:
                 self.status = ""
             elif run.kind == PRECOMPUTE:
                 self.status = f"Image features of {done} slice(s) stored: runs on them skip the image encoder."
+            elif run.kind == FIND:
+                self.status = ""
             else:
                 self.status = f"Done: {done} slice(s)."
             self.events.finished.emit(run.kind, done)
@@ -535,6 +576,37 @@ class TrackingController:
         yield _Started(PRECOMPUTE, session.n_frames, "Precomputing image features")
         for frame in session.precompute_features():
             yield _FrameProgress(frame)
+
+    def _find_steps(self, session_steps, frame: int, options: dict) -> Iterator:
+        from ..core.timelapse import automatic_seeds
+
+        session = yield from session_steps()
+        yield _Started(FIND, 0, f"Finding objects on slice {frame}")
+        yield _Found(frame, automatic_seeds(session, frame, **options))
+
+    def _track_steps(self, session_steps, run, prompts, divisions: bool) -> Iterator:
+        from ..core.timelapse import RunPlanned, timelapse_steps
+
+        session = yield from session_steps()
+        updates = []
+        for update in prompt_updates(session, prompts):
+            updates.append(update)
+            if run.stop.is_set():
+                return
+        steps = timelapse_steps(session, (), divisions=divisions)
+        yield _Started(TRACK, session.n_frames, "Tracking cells" + (" and divisions" if divisions else ""))
+        yield from updates
+        try:
+            while True:
+                try:
+                    item = next(steps)
+                except StopIteration as end:
+                    yield _Tracked(end.value)
+                    return
+                if not isinstance(item, RunPlanned):
+                    yield item
+        finally:
+            steps.close()  # a cancel: the session's propagation stops with it
 
     def _propagation_steps(self, session_steps, run, prompts, direction, frame_range, obj_ids) -> Iterator:
         missing = sorted(set(obj_ids or ()) - {obj_id for _, obj_id in _pairs(prompts)})
@@ -643,11 +715,11 @@ def _pairs(prompts) -> set[tuple[int, int]]:
 
 
 def _negative_only_pairs(prompts) -> dict[tuple[int, int], bool]:
-    """(frame, obj_id) pairs whose prompts are negative clicks only (no positive click, no box)."""
+    """(frame, obj_id) pairs whose prompts are negative clicks only (no positive click, no box, no mask)."""
     found: dict[tuple[int, int], bool] = {}
     for prompt in prompts:
         key = (prompt.frame, prompt.obj_id)
-        positive = prompt.box is not None or any(label == 1 for label in prompt.labels)
+        positive = prompt.box is not None or prompt.mask is not None or any(label == 1 for label in prompt.labels)
         found[key] = found.get(key, False) or positive
     return {key: True for key, has_positive in found.items() if not has_positive}
 

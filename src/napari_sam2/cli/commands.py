@@ -165,11 +165,14 @@ def _preprocessing(name_or_path: str):
 def _segment(args: argparse.Namespace) -> int:
     from . import file_segmentation as files
 
+    if args.seed_frame is not None and not args.seed_labels:
+        raise InputError("--seed-frame says which frame of the --seed-labels seeds the objects: give --seed-labels.")
     stacks = files.expand_inputs(args.stacks)
-    jobs = files.plan_jobs(stacks, args.prompts, args.out, args.overwrite)
-    # Every stack and prompts file is checked before the model is loaded or a pixel is read: bad input stops
-    # everything here (exit 2, nothing written). After these checks a failure is one stack's (exit 1).
-    checked = [files.prepare_stack(job, args.axis, args.channels, pixels=False) for job in jobs]
+    jobs = files.plan_jobs(stacks, args.prompts, args.out, args.overwrite, seed_labels=args.seed_labels)
+    # Every stack, prompts and seed label file is checked before the model is loaded or a pixel of a stack is read:
+    # bad input stops everything here (exit 2, nothing written). After these checks a failure is one stack's (exit 1).
+    checked = [files.prepare_stack(job, args.axis, args.channels, pixels=False, seed_frame=args.seed_frame or 0)
+               for job in jobs]
     model = _model_for(args)
     failed = 0
     for layout_only in checked:
@@ -200,7 +203,7 @@ def _segment_one(layout_only, model, args: argparse.Namespace) -> str | None:
                                                 intensity_range=args.intensity_range, progress=bar,
                                                 preprocessing=_preprocessing(args.model))
                 files.write_labels(stack, labels, args.overwrite)
-        except Exception as error:  # this stack failed (out of memory, a disk error, a bug...); go on with the others
+        except Exception as error:  # noqa: BLE001 - this stack failed (out of memory, a disk error, a bug...); go on with the others
             reason = _failure_reason(error)
         finally:
             if bar is not None:
@@ -240,20 +243,27 @@ def _add_segment_commands(subparsers) -> None:
             "axis-1, ... (the point's position on each axis of the stack), positive (True/False) and obj_id (1, 2,\n"
             "...), as the napari-sam2 widget's Points layer has them; or JSON: a list of\n"
             '{"frame": 12, "obj_id": 1, "points": [[row, col]], "labels": [1], "box": [row0, col0, row1, col1]}.\n\n'
+            "Seed labels: a label TIFF (e.g. from Cellpose or StarDist; 0 = background), either one frame's labels\n"
+            "(H, W) or the whole stack's (the stack's axes less channels); every label value on --seed-frame\n"
+            "becomes an object with that id, prompted by its mask. Prompts then are optional; given too, they add\n"
+            "clicks or objects. A one-frame label image seeds every run of a stack with further axes (e.g. each t of\n"
+            "a t, z, y, x stack tracked along z); a whole stack's labels seed each run from its own position.\n\n"
             "File names may be templates with {stem} (the stack's name without .tif), {name} and {dir}."
         ),
         epilog=(
             "examples:\n"
             "  napari-sam2 segment nuclei.tif --prompts nuclei.csv --out nuclei_labels.tif\n"
-            "  napari-sam2 segment 'data/*.tif' --prompts '{dir}/{stem}.csv' --out 'results/{stem}_labels.tif'\n\n"
+            "  napari-sam2 segment 'data/*.tif' --prompts '{dir}/{stem}.csv' --out 'results/{stem}_labels.tif'\n"
+            "  napari-sam2 segment cells.tif --seed-labels cellpose_z12.tif --seed-frame 12\n\n"
             "exit status: 0 all written, 2 bad usage or input (nothing written), 1 a stack failed."
         ),
     )
     command.add_argument(
         "--prompts", action="append", metavar="FILE",
         help="prompts file (.csv or .json); once per stack, in order, or one template (default: {dir}/{stem}.csv, "
-        "then {dir}/{stem}.json)",
+        "then {dir}/{stem}.json; none with --seed-labels)",
     )
+    _add_seed_label_options(command)
     command.add_argument(
         "--out", metavar="FILE", help="output TIFF, folder, or template (default: {dir}/{stem}_labels.tif)"
     )
@@ -261,6 +271,37 @@ def _add_segment_commands(subparsers) -> None:
     command.add_argument("--direction", choices=DIRECTIONS, default="both", help="from the prompted frames (default both)")
     command.add_argument("--overwrite", action="store_true", help="replace existing output files")
     command.set_defaults(handler=_segment)
+
+
+def _frame_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a frame number (0, 1, 2, ...), got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
+def _add_seed_label_options(command) -> None:
+    command.add_argument(
+        "--seed-labels", action="append", metavar="FILE",
+        help="label TIFF whose labels on --seed-frame seed objects with those ids; once per stack, in order, or one "
+        "template such as '{dir}/{stem}_seeds.tif'",
+    )
+    command.add_argument(
+        "--seed-frame", type=_frame_number, metavar="N", help="the frame the seeds are on (default 0)"
+    )
 
 
 def _add_stack_options(command) -> None:
@@ -285,6 +326,142 @@ def _add_stack_options(command) -> None:
     command.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+# ---------------------------------------------------------------- track
+
+
+def _track(args: argparse.Namespace) -> int:
+    from . import file_tracking as files
+    from .file_segmentation import expand_inputs
+
+    auto = args.seed == "auto"
+    if args.points_per_side is not None and not auto:
+        raise InputError("--points-per-side sets SAM2's automatic seeding: give it with --seed auto.")
+    if args.min_division_frames is not None and not args.divisions:
+        raise InputError("--min-division-frames says when a split is a division: leave out --no-divisions.")
+    if args.seed_frame is not None and not (args.seed_labels or auto):
+        raise InputError("--seed-frame says which frame the --seed-labels or --seed auto seeds are on: give one.")
+    formats = files.parse_formats(args.formats) if args.formats is not None else files.available_formats()
+    if args.formats is None and "geff" not in formats:
+        _warning("tracks.geff is not written: the geff package is not installed (pip install geff).")
+    stacks = expand_inputs(args.stacks)
+    jobs = files.plan_track_jobs(stacks, args.out, args.prompts, args.seed_labels, auto=auto, overwrite=args.overwrite)
+    # Every time-lapse and seed is checked before the model is loaded (exit 2, nothing written); after these checks
+    # a failure is one time-lapse's (exit 1).
+    checked = [files.prepare_timelapse(job, args.axis, args.channels, seed_frame=args.seed_frame or 0,
+                                       pixels=False)
+               for job in jobs]
+    for layout_only in checked:
+        files.check_formats_fit(layout_only, formats)
+    model = _model_for(args)
+    failed = 0
+    for layout_only in checked:
+        reason = _track_one(layout_only, model, args, formats)
+        if reason is None:
+            print(layout_only.job.out, flush=True)
+        else:
+            _error(f"{layout_only.job.stack}: {reason}")
+            failed += 1
+    if failed:
+        print(f"{PROG}: {failed} of {len(jobs)} time-lapse(s) failed; the others were written.", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _track_one(layout_only, model, args: argparse.Namespace, formats) -> str | None:
+    """Track and write one checked time-lapse: None when its outputs are written, else why it failed (one line; its
+    outputs are then not written)."""
+    from . import file_tracking as files
+
+    bar = None if args.quiet else models.TextProgressBar(layout_only.job.stack.name, unit="frames")
+    auto_options = {"points_per_side": args.points_per_side} if args.points_per_side is not None else None
+    reason = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SaturationWarning)
+        try:
+            with translate_out_of_memory(getattr(model, "device", None)):
+                stack = files.with_pixels(layout_only)
+                tracks = files.track_prepared(
+                    stack, model, auto=args.seed == "auto", auto_options=auto_options, divisions=args.divisions,
+                    min_division_frames=args.min_division_frames or 3, intensity_range=args.intensity_range,
+                    progress=bar, preprocessing=_preprocessing(args.model),
+                )
+                files.write_track_outputs(stack, tracks, formats, args.overwrite)
+        except Exception as error:  # noqa: BLE001 - this time-lapse failed; go on with the others
+            reason = _failure_reason(error)
+        finally:
+            if bar is not None:
+                bar.close()
+    _report_warnings(layout_only.job.stack, caught)
+    return reason
+
+
+def _add_track_commands(subparsers) -> None:
+    command = subparsers.add_parser(
+        "track",
+        help="track cells through 2D time-lapse TIFFs, with divisions, and write labels and lineages (CTC, GEFF, CSV)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Follow every seeded cell through each time-lapse (frames along t, or --axis), end a cell that divides\n"
+            "and follow its two daughters as new objects, and write into one folder per time-lapse (OUT/{stem}):\n"
+            "  labels.tif   label value = object id (daughters get new ids), with the stack's axes and pixel sizes\n"
+            "  RES/         Cell Tracking Challenge result: mask000.tif ... and res_track.txt (L B E P per track)\n"
+            "  tracks.geff  the lineage graph (GEFF; needs the geff package)\n"
+            "  tracks.csv   track_id, t, y, x, label, parent_track_id (one row per track and frame)\n"
+            "  flags.csv    frames where an identity may have been swapped or lost, to check by eye\n\n"
+            "Seeds (at least one): --prompts (clicks saved from napari, as for `segment`), --seed-labels (a label\n"
+            "TIFF, e.g. Cellpose's, of one frame or of the whole time-lapse: its labels on --seed-frame become\n"
+            "objects with those ids), --seed auto (SAM2's automatic masks on --seed-frame, ids after the others').\n"
+            "Without any, the prompts beside the stack ({dir}/{stem}.csv or .json) are used.\n\n"
+            "A time-lapse is 2D frames over time: stacks with further axes (t, z, y, x) are refused.\n"
+            "File names may be templates with {stem} (the stack's name without .tif), {name} and {dir}."
+        ),
+        epilog=(
+            "examples:\n"
+            "  napari-sam2 track cells.tif --seed-labels cells_cellpose_t0.tif --out results\n"
+            "  napari-sam2 track 'movies/*.tif' --seed auto --points-per-side 16 --out 'results/{stem}_tracks'\n"
+            "  napari-sam2 track cells.tif --prompts cells.csv --formats ctc --out results --overwrite\n\n"
+            "exit status: 0 all written, 2 bad usage or input (nothing written), 1 a time-lapse failed."
+        ),
+    )
+    command.add_argument(
+        "--out", required=True, metavar="DIR",
+        help="folder for the results: each time-lapse's go into DIR/{stem}; or a template such as "
+        "'results/{stem}_tracks'",
+    )
+    command.add_argument(
+        "--prompts", action="append", metavar="FILE",
+        help="prompts file (.csv or .json); once per stack, in order, or one template such as '{dir}/{stem}.csv'",
+    )
+    command.add_argument(
+        "--seed-labels", action="append", metavar="FILE",
+        help="label TIFF whose labels on --seed-frame seed objects with those ids; once per stack, in order, or one "
+        "template such as '{dir}/{stem}_seeds.tif'",
+    )
+    command.add_argument("--seed", choices=("auto",), help="auto: SAM2's automatic mask generator finds the cells")
+    command.add_argument(
+        "--seed-frame", type=_frame_number, metavar="N",
+        help="the frame the seed labels or automatic masks are on (default 0)",
+    )
+    command.add_argument(
+        "--points-per-side", type=_positive_int, metavar="K",
+        help="with --seed auto: a K x K grid of points to find cells from (default 32; fewer is quicker)",
+    )
+    command.add_argument(
+        "--no-divisions", dest="divisions", action="store_false",
+        help="never split an object: a dividing cell stays one object",
+    )
+    command.add_argument(
+        "--min-division-frames", type=_positive_int, metavar="K",
+        help="a mask that splits into two parts lasting K frames is a division (default 3)",
+    )
+    command.add_argument(
+        "--formats", metavar="LIST",
+        help="track formats, from ctc, geff, csv (default all three; geff only when installed)",
+    )
+    _add_stack_options(command)
+    command.add_argument("--overwrite", action="store_true", help="replace an earlier run's results in the folder")
+    command.set_defaults(handler=_track)
+
+
 # ---------------------------------------------------------------- embed
 
 
@@ -304,7 +481,7 @@ def _embed(args: argparse.Namespace) -> int:
                 files.precompute_file(path, model, axis=args.axis, channels=args.channels,
                                       intensity_range=args.intensity_range, progress=bar,
                                       preprocessing=_preprocessing(args.model))
-        except Exception as error:  # this stack failed; what was stored stays, and the others go on
+        except Exception as error:  # noqa: BLE001 - this stack failed; what was stored stays, and the others go on
             _error(f"{path}: {_failure_reason(error)}")
             failed += 1
         finally:
@@ -371,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_models_commands(commands)
     _add_segment_commands(commands)
+    _add_track_commands(commands)
     _add_embed_commands(commands)
     _add_sample_commands(commands)
     return parser
@@ -398,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         _error(f"{exc}")
         return EXIT_FAILURE
-    except Exception:
+    except Exception:  # noqa: BLE001 - shown with its traceback
         traceback.print_exc()
         _error("unexpected failure (see the traceback above); please report it")
         return EXIT_FAILURE

@@ -1,5 +1,5 @@
-"""Segment TIFF stacks on disk: pair each stack with its prompts file and its output, check everything before the
-first model is loaded, track, and write the labels with the stack's axes and pixel sizes.
+"""Segment TIFF stacks on disk: pair each stack with its prompts file (and / or its seed label file) and its output,
+check everything before the first model is loaded, track, and write the labels with the stack's axes and pixel sizes.
 
 The command line's ``segment`` is a thin layer over this module.
 """
@@ -10,16 +10,16 @@ import glob
 import itertools
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from ..core.axes import StackAxes, stack_axes
 from ..core.channels import choose_channels
 from ..core.frame_labels import check_ids_fit, smallest_label_dtype
-from ..core.prompts import Prompt, check_prompts_fit
+from ..core.prompts import MAX_OBJ_ID, Prompt, check_prompts_fit
 from ..errors import InputError
 from ..io.prompt_files import Position, read_prompt_file
 from ..io.tiff import TiffStack, read_tiff, tiff_stem, write_labels_tiff
@@ -30,22 +30,40 @@ DEFAULT_OUT = "{dir}/{stem}_labels.tif"
 
 @dataclass(frozen=True)
 class FileJob:
-    """One stack, the file with its prompts, and where its labels go."""
+    """One stack, the file with its prompts (None: objects from seed labels only), where its labels go, and the
+    label file seeding its objects (or None)."""
 
     stack: Path
-    prompts: Path
+    prompts: Path | None
     out: Path
+    seed_labels: Path | None = None
+
+
+@dataclass(frozen=True)
+class SeedLabels:
+    """A label TIFF checked by ``read_seed_labels``: its label values on ``frame`` seed objects with those ids.
+
+    ``whole_stack``: the file has the stack's label shape and is indexed at each run's position; else it holds one
+    frame's (H, W) labels, which seed every run. ``positions``: the positions of the further axes where the seed
+    frame holds a label; ``largest``: the largest label there."""
+
+    path: Path
+    frame: int
+    whole_stack: bool
+    positions: tuple[Position, ...]
+    largest: int
 
 
 @dataclass(frozen=True)
 class PreparedStack:
-    """A stack read (memory-mapped where possible) with its prompts checked, ready to segment."""
+    """A stack read (memory-mapped where possible) with its prompts and seed labels checked, ready to segment."""
 
     job: FileJob
     image: TiffStack
     axes: StackAxes
     channels: tuple[int, ...] | None
-    runs: dict[Position, list[Prompt]]  # one tracking run per position of the further axes
+    runs: dict[Position, list[Prompt]]  # one tracking run per position of the further axes (prompts may be [])
+    seeds: SeedLabels | None = None  # objects seeded from a label image, in every run it has labels for
 
     @property
     def n_frames(self) -> int:
@@ -85,24 +103,38 @@ def _without_earlier_outputs(paths: list[str]) -> list[str]:
     ]
 
 
-def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | None, overwrite: bool) -> list[FileJob]:
-    """Pair every stack with its prompts file and output path.
+def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | None, overwrite: bool,
+              seed_labels: Sequence[str] | None = None) -> list[FileJob]:
+    """Pair every stack with its prompts file, its seed label file and output path.
 
     ``prompts``: one path per stack (in order), or one template such as ``{dir}/{stem}.csv``, or None for the
-    defaults (``STACK.csv`` or ``STACK.json`` beside each stack). ``out``: a file (one stack), a folder (existing, or
-    ending in a path separator), a template such as ``results/{stem}_labels.tif``, or None for
-    ``STACK_labels.tif`` beside each stack. Placeholders: {stem} (name without .tif / .ome.tif), {name}, {dir}.
-    Missing output folders are made when the labels are written. No output may overwrite an existing file without
-    ``overwrite``, a stack, or another stack's output.
+    defaults (``STACK.csv`` or ``STACK.json`` beside each stack; with ``seed_labels`` no prompts are needed and none
+    are looked for). ``seed_labels``: label TIFFs seeding the objects, paired with the stacks as ``prompts`` are, or
+    None. ``out``: a file (one stack), a folder (existing, or ending in a path separator), a template such as
+    ``results/{stem}_labels.tif``, or None for ``STACK_labels.tif`` beside each stack. Placeholders: {stem} (name
+    without .tif / .ome.tif), {name}, {dir}. Missing output folders are made when the labels are written. No output
+    may overwrite an existing file without ``overwrite``, a stack, a seed label file, or another stack's output.
     """
-    jobs = [FileJob(stack, _prompts_for(stack, index, stacks, prompts), _out_for(stack, stacks, out))
-            for index, stack in enumerate(stacks)]
+    stacks = without_seed_files(stacks, seed_labels)
+    jobs = [
+        FileJob(
+            stack,
+            _prompts_for(stack, index, stacks, prompts, required=not seed_labels),
+            _out_for(stack, stacks, out),
+            paired_file(stack, index, stacks, seed_labels, "--seed-labels", "seed label files", "{dir}/{stem}_seeds.tif"),
+        )
+        for index, stack in enumerate(stacks)
+    ]
     inputs = {_identity(job.stack) for job in jobs}
+    seed_files = {_identity(job.seed_labels): job.stack for job in jobs if job.seed_labels is not None}
     seen: dict[Path, Path] = {}
     for job in jobs:
         identity = _identity(job.out)
         if identity in inputs:
             raise InputError(f"The output {job.out} is one of the input stacks; choose another --out.")
+        if identity in seed_files:
+            raise InputError(f"The output {job.out} is the seed labels of {seed_files[identity]}; choose another --out.")
+        check_not_own_seeds(job.stack, job.seed_labels)
         if identity in seen:
             raise InputError(
                 f"{seen[identity]} and {job.stack} would both be written to {job.out}; use a template such as "
@@ -117,8 +149,10 @@ def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | 
     return jobs
 
 
-def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None, pixels: bool = True) -> PreparedStack:
-    """Read the stack's layout and its prompts and check that they fit together, without loading any model.
+def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None, pixels: bool = True,
+                  seed_frame: int = 0) -> PreparedStack:
+    """Read the stack's layout, its prompts and its seed labels and check that they fit together, without loading
+    any model. ``seed_frame``: the frame whose labels in ``job.seed_labels`` seed the objects.
 
     ``pixels=False`` reads only the layout (see ``read_tiff``): to check many stacks before segmenting any, then
     ``with_pixels`` when a stack's turn comes.
@@ -126,13 +160,116 @@ def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None
     image = read_tiff(job.stack, pixels=pixels)
     axes, chosen = stack_layout(job.stack, image, axis, channels)
     image = _laid_out(image, axes)
-    runs = read_prompt_file(job.prompts, axes)
+    runs = read_prompts(job.prompts, axes)
+    seeds = None
+    if job.seed_labels is not None:
+        seeds = read_seed_labels(job.seed_labels, axes, seed_frame, job.stack)
+        # A run for every position seeded, in the order of the positions; the prompts add to their run.
+        runs = {position: runs.get(position, []) for position in further_positions(axes)
+                if position in runs or position in seeds.positions}
+    return PreparedStack(job, image, axes, chosen, runs, seeds)
+
+
+def read_prompts(path: Path | None, axes: StackAxes) -> dict[Position, list[Prompt]]:
+    """The prompts file's prompts by run ({} for no file), checked against the stack laid out as ``axes``."""
+    if path is None:
+        return {}
+    runs = read_prompt_file(path, axes)
     for prompts in runs.values():
         try:
             check_prompts_fit(prompts, axes.n_frames, axes.frame_size)
         except InputError as error:
-            raise InputError(f"{job.prompts}: {error}") from None
-    return PreparedStack(job, image, axes, chosen, runs)
+            raise InputError(f"{path}: {error}") from None
+    return runs
+
+
+def read_seed_labels(path: Path, axes: StackAxes, frame: int, stack: Path | None = None) -> SeedLabels:
+    """Check the label TIFF at ``path`` as seeds of a stack laid out as ``axes``: one frame's labels (H, W), or
+    labels with the stack's label shape (its axes less the channels, e.g. a segmentation of every frame); integer
+    labels (whole-number floats are taken), 0 for background, and at least one label on ``frame``. Reads only the
+    seed frame at each position of the further axes (memory-mapped where the file allows). InputError naming the
+    file, saying what to fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Seed labels {path} do not exist" + (f" (for {stack})." if stack else "."))
+    check_seed_frame(frame, axes, stack)
+    labels = read_tiff(path).data
+    height, width = axes.frame_size
+    whole_stack = labels.shape == axes.label_shape
+    if not whole_stack and labels.shape != (height, width):
+        whole = axes.label_shape[1:] if axes.added_frame_axis else axes.label_shape
+        letters = ", ".join(axes.file_label_letters.lower())
+        raise InputError(
+            f"{path}: the seed labels have shape {labels.shape}; give one frame's labels ({height}, {width}) or "
+            f"the whole stack's labels {whole} ({letters}) of {stack or 'the stack'}."
+        )
+    if labels.dtype.kind not in "biuf":
+        raise InputError(f"{path}: seed labels must be an integer label image, got pixels of type {labels.dtype}.")
+    positions = further_positions(axes)
+    seeded: list[Position] = []
+    largest = 0
+    for position in positions if whole_stack else positions[:1]:
+        values = _seed_values(seed_frame_labels(labels, axes, frame, position, whole_stack), path)
+        if values.size:
+            seeded.append(position)
+            largest = max(largest, int(values[-1]))
+    if not seeded:
+        where = f"frame {frame}" if len(positions) == 1 or not whole_stack else f"frame {frame} at any position"
+        raise InputError(
+            f"{path}: the seed labels have no object on {where}: every pixel is 0 (background). Choose the frame "
+            "with --seed-frame."
+        )
+    return SeedLabels(path, frame, whole_stack, tuple(seeded) if whole_stack else tuple(positions), largest)
+
+
+def check_seed_frame(frame: int, axes: StackAxes, stack: Path | None = None) -> None:
+    if not 0 <= frame < axes.n_frames:
+        raise InputError(
+            f"--seed-frame {frame} is not a frame of {stack or 'the stack'}: it has {axes.n_frames} frame(s) "
+            f"(0 to {axes.n_frames - 1})."
+        )
+
+
+def seed_frame_labels(labels: np.ndarray, axes: StackAxes, frame: int, position: Position,
+                      whole_stack: bool) -> np.ndarray:
+    """The (H, W) seed labels of one run: a one-frame label image as it is, a whole stack's at ``frame`` and
+    ``position``, with the image axes in the frame's order."""
+    if not whole_stack:
+        return labels
+    index: list = [slice(None)] * len(axes.label_axes)
+    index[axes.label_axes.index(axes.frame_axis)] = frame
+    for axis, at in position:
+        index[axes.label_axes.index(axis)] = at
+    plane = labels[tuple(index)]
+    first, second = (axes.label_axes.index(axis) for axis in axes.spatial_axes)
+    return plane.T if first > second else plane
+
+
+def seeds_of_run(stack: PreparedStack, position: Position, labels: np.ndarray | None = None) -> np.ndarray | None:
+    """The (H, W) seed labels of the run at ``position``, or None when the stack has none there. ``labels``: the
+    seed file's pixels when already read."""
+    seeds = stack.seeds
+    if seeds is None or position not in seeds.positions:
+        return None
+    labels = read_tiff(seeds.path).data if labels is None else labels
+    return np.asarray(seed_frame_labels(labels, stack.axes, seeds.frame, position, seeds.whole_stack))
+
+
+def _seed_values(plane: np.ndarray, path: Path) -> np.ndarray:
+    """The label values (sorted, 0 left out) of one seed frame, or InputError for fractions, negative values and
+    ids beyond the labels' range."""
+    plane = np.asarray(plane)
+    if plane.dtype.kind == "f" and not (np.isfinite(plane).all() and np.array_equal(plane, np.round(plane))):
+        raise InputError(
+            f"{path}: seed labels must be whole numbers (a label image: 0 background, 1, 2, ... objects), "
+            "not fractions, NaN or infinity. Is this an image rather than its labels?"
+        )
+    values = np.unique(plane)
+    if values.size and values[0] < 0:
+        raise InputError(f"{path}: seed labels must be 0 (background) or positive object ids, found {values[0]:g}.")
+    if values.size and values[-1] > MAX_OBJ_ID:
+        raise InputError(f"{path}: seed label {values[-1]:.0f} is too large: object ids go up to {MAX_OBJ_ID}.")
+    return values[values != 0].astype(np.int64)
 
 
 def with_pixels(stack: PreparedStack) -> PreparedStack:
@@ -161,7 +298,9 @@ def segment_prepared(
     from ..api import stream_stack  # torch: only once a stack is segmented, not for the checks before
     axes = stack.axes
     # Label values are object ids: the type is chosen from the largest, so that every id is stored exactly.
-    largest = max(prompt.obj_id for prompts in stack.runs.values() for prompt in prompts)
+    largest = max([prompt.obj_id for prompts in stack.runs.values() for prompt in prompts]
+                  + [stack.seeds.largest if stack.seeds is not None else 0])
+    seed_file = read_tiff(stack.seeds.path).data if stack.seeds is not None else None
     labels = np.zeros(axes.label_shape, smallest_label_dtype(largest, smallest=np.uint16))
     frame_position = axes.label_axes.index(axes.frame_axis)
     # Runs start one after the other (each holds its own frames and memories); the total counts every frame of
@@ -169,10 +308,12 @@ def segment_prepared(
     run_totals = {position: stack.n_frames for position in stack.runs}
     done = 0
     for position, prompts in stack.runs.items():
+        seeds = seeds_of_run(stack, position, seed_file)
+        seeding = {} if seeds is None else {"seed_labels": seeds, "seed_frame": stack.seeds.frame}
         run = stream_stack(
             stack.image.data, prompts, axis=axes.frame_axis, model=model, device=device, direction=direction,
             channel_axis=axes.channel_axis, channels=stack.channels, intensity_range=intensity_range,
-            fixed_indices=dict(position) or None, preprocessing=preprocessing,
+            fixed_indices=dict(position) or None, preprocessing=preprocessing, **seeding,
         )
         run_totals[position] = run.total
         index: list = [slice(None)] * len(axes.label_axes)
@@ -279,23 +420,54 @@ def _is_template(text: str) -> bool:
     return "{" in text
 
 
-def _prompts_for(stack: Path, index: int, stacks: Sequence[Path], prompts: Sequence[str] | None) -> Path:
+def without_seed_files(stacks: Sequence[Path], seed_labels: Sequence[str] | None) -> list[Path]:
+    """The stacks less those that are another stack's seed labels by the one ``seed_labels`` template: a glob such
+    as 'data/*.tif' matches the seed files beside the stacks too."""
+    if not seed_labels or len(seed_labels) != 1 or not _is_template(seed_labels[0]):
+        return list(stacks)
+    seed_of = {_identity(_fill(seed_labels[0], stack)): stack for stack in stacks}
+    return [stack for stack in stacks if seed_of.get(_identity(stack), stack) == stack]
+
+
+def check_not_own_seeds(stack: Path, seed_labels: Path | None) -> None:
+    if seed_labels is not None and _identity(seed_labels) == _identity(stack):
+        raise InputError(f"The seed labels of {stack} would be the stack itself; give its label image.")
+
+
+def default_prompts(stack: Path) -> Path | None:
+    """The prompts file beside the stack (STACK.csv, else STACK.json), or None."""
+    return next((path for path in (_fill(template, stack) for template in DEFAULT_PROMPTS) if path.is_file()), None)
+
+
+def _prompts_for(stack: Path, index: int, stacks: Sequence[Path], prompts: Sequence[str] | None,
+                 required: bool = True) -> Path | None:
     if not prompts:
+        if not required:
+            return None
+        found = default_prompts(stack)
+        if found is not None:
+            return found
         candidates = [_fill(template, stack) for template in DEFAULT_PROMPTS]
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate
         raise InputError(
-            f"No prompts for {stack}: give --prompts, or put them in {candidates[0]} (napari Points CSV) or "
-            f"{candidates[1]}."
+            f"No prompts for {stack}: give --prompts (or --seed-labels), or put them in {candidates[0]} (napari "
+            f"Points CSV) or {candidates[1]}."
         )
-    if len(prompts) == 1 and _is_template(prompts[0]):
-        return _fill(prompts[0], stack)
-    if len(prompts) == len(stacks):
-        return Path(prompts[index])
+    return paired_file(stack, index, stacks, prompts, "--prompts", "prompts files", "{dir}/{stem}.csv")
+
+
+def paired_file(stack: Path, index: int, stacks: Sequence[Path], given: Sequence[str] | None, option: str,
+                what: str, example: str) -> Path | None:
+    """The file of ``stack`` among those given with ``option``: one per stack, in order, or one template (filled
+    for each stack); None when none is given."""
+    if not given:
+        return None
+    if len(given) == 1 and _is_template(given[0]):
+        return _fill(given[0], stack)
+    if len(given) == len(stacks):
+        return Path(given[index])
     raise InputError(
-        f"{len(stacks)} stacks but {len(prompts)} prompts files: give one --prompts per stack, in the same order, "
-        "or one template such as --prompts '{dir}/{stem}.csv'."
+        f"{len(stacks)} stacks but {len(given)} {what}: give one {option} per stack, in the same order, "
+        f"or one template such as {option} '{example}'."
     )
 
 

@@ -10,7 +10,7 @@ Daughters that divide in turn are handled the same way, round after round.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import numpy as np
 
@@ -66,13 +66,50 @@ def track_timelapse(session: TrackingSession, prompts: Sequence[Prompt], *, divi
     total grows when a division adds a run); ``on_frame(labels, frame)`` after each frame's labels are written
     (``labels`` is the run's (T, H, W) array, updated in place: e.g. to refresh a viewer). Stop early by raising in
     a callback: nothing is returned then."""
-    session.add_prompts(prompts)
     labels = np.zeros((session.n_frames, *session.frame_size), LABEL_DTYPE)
     counter = _Progress(progress)
-    _write_run(session.propagate("both"), labels, counter, on_frame)
+    steps = timelapse_steps(session, prompts, divisions=divisions, min_division_frames=min_division_frames)
+    while True:
+        try:
+            item = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if isinstance(item, RunPlanned):
+            counter.add(item.frames)
+            continue
+        _write_objects(labels[item.frame], item)
+        if not isinstance(item, Ended):
+            counter.frame_done(item.frame)
+        if on_frame is not None:
+            on_frame(labels, item.frame)
+
+
+@dataclass(frozen=True)
+class Ended(FrameLabels):
+    """A divided mother's empty mask on a frame from her division on: she leaves that frame to her daughters."""
+
+
+@dataclass(frozen=True)
+class RunPlanned:
+    """A tracking run of ``timelapse_steps`` starts: it visits at most ``frames`` frames."""
+
+    frames: int
+
+
+def timelapse_steps(session: TrackingSession, prompts: Sequence[Prompt], *, divisions: bool = True,
+                    min_division_frames: int = 3) -> Generator[FrameLabels | RunPlanned, None, TimelapseTracks]:
+    """``track_timelapse`` one step at a time, for callers that write results themselves (the napari widget): yields
+    a RunPlanned as each run starts and the FrameLabels of each frame (the objects it names replace their own
+    pixels; an Ended, a mother's empty mask after her division, clears her from that frame); returns the
+    TimelapseTracks.
+    ``prompts`` are added to the session first (none: the session's prompts as they are)."""
+    if prompts:
+        session.add_prompts(prompts)
+    labels = np.zeros((session.n_frames, *session.frame_size), LABEL_DTYPE)
+    yield from _run(session.propagate("both"), labels)
     found: dict[int, tuple[int, tuple[int, int]]] = {}
     if divisions:
-        _follow_divisions(session, labels, found, min_division_frames, counter, on_frame)
+        yield from _follow_divisions(session, labels, found, min_division_frames)
     present = set(np.unique(labels).tolist())
     # A daughter SAM2 lost at once (no pixel on any frame) is no track.
     parents = {daughter: mother for mother, (_, daughters) in found.items() for daughter in daughters
@@ -80,7 +117,7 @@ def track_timelapse(session: TrackingSession, prompts: Sequence[Prompt], *, divi
     return TimelapseTracks(labels, build_lineage(labels, parents, infer_divisions=False), found)
 
 
-def _follow_divisions(session, labels, found: dict, min_frames: int, counter, on_frame) -> None:
+def _follow_divisions(session, labels, found: dict, min_frames: int):
     seen: set[int] = set()
     next_id = int(labels.max()) + 1
     for _ in range(MAX_DIVISION_ROUNDS):
@@ -89,36 +126,36 @@ def _follow_divisions(session, labels, found: dict, min_frames: int, counter, on
             return
         for division in new:
             seen.add(division.label)
-            if _divide(session, labels, division, (next_id, next_id + 1), counter, on_frame):
-                found[division.label] = (division.frame, (next_id, next_id + 1))
+            daughters = (next_id, next_id + 1)
+            if (yield from _divide(session, labels, division, daughters)):
+                found[division.label] = (division.frame, daughters)
                 next_id += 2
 
 
-def _divide(session, labels, division: Division, daughters: tuple[int, int], counter, on_frame) -> bool:
-    """The mother ends before the division frame; each part is a daughter object tracked forward from it. False (and
-    nothing changed) where the division cannot be followed: on the mother's first frame (nothing to end), or the
-    mother has prompts from there on (the user says it is one object)."""
+def _divide(session, labels, division: Division, daughters: tuple[int, int]):
+    """The mother ends before the division frame; each part is a daughter object tracked forward from it. Returns
+    False (nothing changed) where the division cannot be followed: on the mother's first frame (nothing to end), or
+    the mother has prompts from there on (the user says it is one object)."""
     frame, mother = division.frame, division.label
     first = int(np.flatnonzero((labels == mother).reshape(len(labels), -1).any(axis=1))[0])
     if frame <= first or any(f >= frame for f in session.prompted_frames.get(mother, ())):
         return False
     session.end_object(mother, frame - 1)
-    later = labels[frame:]
-    later[later == mother] = 0
+    for t in range(frame, len(labels)):
+        if (labels[t] == mother).any():
+            cleared = Ended(t, (mother,), np.zeros((1, *labels.shape[1:]), bool))
+            _write_objects(labels[t], cleared)
+            yield cleared
     session.add_prompts([Prompt(frame, obj_id, mask=part) for obj_id, part in zip(daughters, division.parts)])
-    run = session.propagate("forward", frame_range=(frame, session.n_frames - 1), obj_ids=daughters)
-    _write_run(run, labels, counter, on_frame)
+    yield from _run(session.propagate("forward", frame_range=(frame, session.n_frames - 1), obj_ids=daughters), labels)
     return True
 
 
-def _write_run(run, labels: np.ndarray, counter: "_Progress", on_frame) -> None:
-    counter.add(run.total)
+def _run(run, labels: np.ndarray):
+    yield RunPlanned(run.total)
     for result in run:
         _write_objects(labels[result.frame], result)
-        counter.frame_done(result.frame)
-        if on_frame is not None:
-            on_frame(labels, result.frame)
-    counter.run_done()
+        yield result
 
 
 def _write_objects(frame_labels: np.ndarray, result: FrameLabels) -> None:
@@ -137,7 +174,7 @@ class _Progress:
         self._run_frames: set[int] = set()
 
     def add(self, frames: int) -> None:
-        self.total += frames
+        self.total = self.done + frames  # the run before may have visited fewer frames than planned
         self._run_frames = set()
 
     def frame_done(self, frame: int) -> None:
@@ -146,6 +183,3 @@ class _Progress:
             self.done += 1
             if self.callback is not None:
                 self.callback(self.done, self.total)
-
-    def run_done(self) -> None:
-        self.total = self.done  # a run may visit fewer frames than planned

@@ -25,7 +25,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from ...core.prompts import DIRECTIONS, MAX_OBJ_ID
 from ...errors import InputError
 from ...models.registry import DEFAULT_MODEL, MODELS, cached_path, local_models
-from ..controller import CANCELLING, SLICE_KINDS, Identity, SessionSpec, TrackingController
+from ..controller import CANCELLING, SLICE_KINDS, TRACK, Identity, SessionSpec, TrackingController
 from ..labels_writer import LabelsRun, check_ids_fit_layer, largest_id, remove_object_labels
 from ..layer_prompts import OBJ_ID, LayerPrompts, prompts_from_layers, to_image_data
 from ..prompt_layers import (
@@ -49,6 +49,7 @@ from ..stack_plane import (
 )
 from .jobs import qt_runner, user_message
 from .object_list import ObjectList, ObjectRow
+from .timelapse_panel import TimelapsePanel
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ class Sam2Widget(Container):
         )
         self.features = Label(value="")
         self.status = Label(value="")
+        self.timelapse = TimelapsePanel(self)
 
         self.extend([
             self.image, self.model, self.checkpoint, self.device, self.fast, self.axis, self.channels, self.contrast,
@@ -183,6 +185,8 @@ class Sam2Widget(Container):
             self.overwrite,
             Container(widgets=[self.propagate_button, self.cancel_button], layout="horizontal", labels=False),
             Container(widgets=[self.precompute_button, self.features], layout="horizontal", labels=False),
+            Label(value="<b>Time-lapse cell tracking</b>"),
+            self.timelapse,
             self.status,
         ])
         # Controls that change what a run does: disabled while one runs (Cancel is the way to stop it).
@@ -190,6 +194,7 @@ class Sam2Widget(Container):
             self.image, self.model, self.checkpoint, self.device, self.fast, self.axis, self.channels, self.contrast,
             self.direction, self.limit, self.first, self.last, self.overwrite, self.segment_button,
             self.propagate_button, self.remove_button, self.retrack_button, self.precompute_button,
+            *self.timelapse.run_controls,
         ]
 
         self.image.changed.connect(self._on_image_changed)
@@ -197,6 +202,7 @@ class Sam2Widget(Container):
         self.model.changed.connect(self._show_model_source)
         self._show_model_source(self.model.value)
         self.axis.changed.connect(self._update_frame_limits)
+        self.axis.changed.connect(lambda *_: self.timelapse.clear_seeds())  # seeds are frames of one axis
         self.limit.changed.connect(self._update_frame_limits)
         self.obj_id.changed.connect(self._on_object_changed)
         self.new_object.clicked.connect(self.next_object)
@@ -216,6 +222,8 @@ class Sam2Widget(Container):
         events.finished.connect(lambda kind, done: self._on_run_ended())
         events.cancelled.connect(lambda done: self._on_run_ended())
         events.failed.connect(lambda message: self._on_run_ended(message))
+        events.objects_found.connect(self.timelapse.objects_found)
+        events.tracked.connect(self.timelapse.tracked)
 
         self._link(self.viewer.layers.events.inserted, self._on_layers_inserted)
         self._link(self.viewer.layers.events.removed, self._on_layers_removed)
@@ -355,6 +363,7 @@ class Sam2Widget(Container):
                         layer.selected_data = set(int(i) for i in mine)
                         layer.remove_selected()
             self.controller.remove_object(obj_id)
+            self.timelapse.seeds = {key: seed for key, seed in self.timelapse.seeds.items() if key[1] != obj_id}
             pixels = remove_object_labels(layers.labels, obj_id)
         finally:
             self._quiet_prompts -= 1
@@ -362,6 +371,81 @@ class Sam2Widget(Container):
         self.controller.status = (
             f"Object {obj_id} removed ({pixels} labelled pixels; Ctrl-Z on the labels brings them back)."
         )
+
+    def track_cells(self, *_, divisions: bool = True) -> bool:
+        """Track every prompted and seeded object through the time-lapse and follow divisions (daughters get new
+        ids); the Tracks layer and the review list follow. Returns whether a run started."""
+        if not self._may_start():
+            return False
+        target = self._target(require_stack=True, quiet=False)
+        if target is None:
+            return False
+        if not target.found.prompts:
+            show_warning("Seed objects first (from a Labels layer, Find all objects, or clicks) before tracking.")
+            return False
+        self._start(target, lambda: self.controller.track_cells(target.spec, target.found.prompts, divisions))
+        return self._run_target is not None
+
+    def find_objects(self, options: dict) -> bool:
+        """SAM2's automatic masks on the shown slice become seeds (see TimelapsePanel). Returns whether it started."""
+        if not self._may_start():
+            return False
+        target = self._target(require_stack=False, quiet=True)
+        if target is None:
+            return False
+        self._start(target, lambda: self.controller.find_objects(target.spec, target.frame, options))
+        return self._run_target is not None
+
+    def target_for_seeds(self):
+        """The image, plane and shown frame that seeds are for (None after telling the user what is missing)."""
+        return self._target(require_stack=False, quiet=True)
+
+    def seeds_changed(self, frame: int | None = None) -> None:
+        """Seeds were added (on ``frame``: segment that slice now, so they show) or cleared."""
+        self._refresh_objects()
+        if frame is not None and not self.busy:
+            self.segment_slice()
+
+    def next_free_id(self) -> int:
+        """One more than every id in the prompts, seeds and labels."""
+        used = [0, *(obj_id for _, obj_id in self.timelapse.seeds)]
+        if self._layers is not None:
+            for layer in (self._layers.points, self._layers.boxes):
+                if OBJ_ID in layer.features and len(layer.features):
+                    used.append(int(layer.features[OBJ_ID].max()))
+            data = self._layers.labels.data
+            if isinstance(data, np.ndarray) and data.size:
+                used.append(int(data.max()))
+        return max(used) + 1
+
+    def n_frames(self) -> int:
+        image = self.image.value
+        return 1 if image is None else self._plane(image).n_frames
+
+    def label_series(self):
+        """(labels (T, H, W), plane, SAM2 labels layer) of the shown image's frames, or None for a 2D image."""
+        image, layers = self.image.value, self._layers
+        if image is None or layers is None:
+            return None
+        plane = self._plane(image)
+        if plane.frame_axis is None:
+            return None
+        data = layers.labels.data
+        series = np.stack([np.asarray(data[plane.frame_index(t)]) for t in range(plane.n_frames)])
+        return series, plane, layers.labels
+
+    def go_to(self, frame: int, obj_id: int) -> None:
+        """Show ``frame`` (along the tracked axis) and make ``obj_id`` the current object."""
+        image = self.image.value
+        if image is None:
+            return
+        plane = self._plane(image)
+        if plane.frame_axis is not None:
+            step = list(self.viewer.dims.current_step)
+            step[self.viewer.dims.ndim - image.ndim + plane.frame_axis] = int(frame)
+            self.viewer.dims.current_step = tuple(step)
+        if 1 <= obj_id <= self.obj_id.max:
+            self.obj_id.value = obj_id
 
     def toggle_polarity(self, *_) -> None:
         """The next click adds a negative point (a Shift-click a positive one); again: back to normal."""
@@ -426,6 +510,8 @@ class Sam2Widget(Container):
             except InputError as error:
                 self.controller.abort(str(error))
                 return
+        if self.controller.kind == TRACK:
+            self.timelapse.show_tracks()  # throttled
         bar = self._progress
         if bar is not None and done > self._progress_done:
             if total and bar.total != total:
@@ -519,6 +605,7 @@ class Sam2Widget(Container):
         try:
             plane = self._plane(image)
             found = prompts_from_layers(image, plane, layers.points, layers.boxes)
+            self.timelapse.add_seeds_to(found)
             _drop_prompts_outside(found, plane)
             for prompt in found.prompts:
                 slices.setdefault(int(prompt.obj_id), set()).add(int(prompt.frame))
@@ -556,6 +643,7 @@ class Sam2Widget(Container):
                     "Use 'Segment slice' instead."
                 )
             found = prompts_from_layers(image, plane, layers.points, layers.boxes)
+            self.timelapse.add_seeds_to(found)
         except InputError as error:
             show_error(str(error))
             return None
@@ -690,6 +778,7 @@ class Sam2Widget(Container):
     def _on_image_changed(self, image) -> None:
         self.controller.status = ""
         self.features.value = ""
+        self.timelapse.clear_seeds()  # seeds are masks of one image's frames
         if image is None:
             self._update_enabled()
             return
