@@ -39,6 +39,8 @@ NOT_RUN = {
     "napari-sam2 models register": "names a checkpoint file on the reader's disk (tests/test_models.py registers one)",
     "napari-sam2 segment": "needs Meta's checkpoint and minutes of CPU at 1024 px (tests/test_cli_segment.py runs "
                            "`segment` on a synthetic checkpoint)",
+    "napari-sam2 track": "needs Meta's checkpoint and minutes of CPU at 1024 px (tests/test_cli_track.py runs "
+                         "`track` on a synthetic checkpoint)",
     "python benchmarks/": "a benchmark: minutes of CPU",
     "PYTHONPATH=DIR python benchmarks/": "needs Meta's sam2 package installed beside (DIR)",
 }
@@ -122,11 +124,12 @@ def readme_model(tmp_path, monkeypatch, synthetic_checkpoint):
     loaded.clear_model_cache()  # no other test may get this small model for the checkpoint's path
 
 
-def test_every_python_block_runs_as_written(readme_model):
+def test_every_python_block_runs_as_written(readme_model, tmp_path, monkeypatch):
     import numpy as np
 
+    monkeypatch.chdir(tmp_path)  # where the blocks write
     python_blocks = blocks("python")
-    assert len(python_blocks) == 3
+    assert len(python_blocks) == 4
     results = []
     for number, code in enumerate(python_blocks, 1):
         ast.parse(code)  # a syntax error names the block, not this test
@@ -134,7 +137,7 @@ def test_every_python_block_runs_as_written(readme_model):
         exec(compile(code, f"README.md python block {number}", "exec"), namespace)
         results.append(namespace)
 
-    api, engine, features = results
+    api, engine, features, tracking = results
     assert api["labels"].shape == api["stack"].shape and api["labels"].dtype == np.int32
     assert set(np.unique(api["labels"])) <= {0, 1}
     assert engine["rgb_uint8"].shape == (*engine["stack"].shape[1:], 3) and engine["rgb_uint8"].dtype == np.uint8
@@ -145,6 +148,10 @@ def test_every_python_block_runs_as_written(readme_model):
 
     stored = ZarrFeatureStore(feature_cache_dir()).keys()  # the third block stored every slice's features
     assert len(features["stack"]) == 24 and len(stored) >= 24
+    assert tracking["result"].labels.shape == tracking["movie"].shape
+    assert set(np.unique(tracking["truth"][0])) <= set(np.unique(tracking["result"].labels[0])) | {0}
+    assert {path.name for path in tracking["written"]} == {"RES", "tracks.geff", "tracks.csv", "flags.csv"}
+    assert (tmp_path / "tracks" / "RES" / "res_track.txt").is_file()
 
 
 # ---- the command lines ---------------------------------------------------------------------------------------------
@@ -161,6 +168,7 @@ def test_the_offline_command_lines_run(tmp_path):
         "napari-sam2 models list",
         "napari-sam2 models path sam2.1_hiera_tiny",
         "napari-sam2 sample nuclei --out demo",
+        "napari-sam2 sample timelapse --out demo",
     ], to_run  # a new command in the README: run it here, or say in NOT_RUN why not
 
     cache = tmp_path / "cache"
@@ -182,10 +190,11 @@ def test_the_offline_command_lines_run(tmp_path):
                                 timeout=300)
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
         outputs.append(result.stdout)
-    listed, path, _ = outputs
+    listed, path, _, _ = outputs
     assert len([line for line in listed.splitlines() if "hiera" in line]) >= 8, listed
     assert path.strip() == str(downloaded)
-    assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"nuclei.tif", "nuclei_truth.tif", "nuclei.csv"}
+    assert {p.name for p in (tmp_path / "demo").iterdir()} >= {"nuclei.tif", "nuclei_truth.tif", "nuclei.csv",
+                                                                "timelapse.tif", "timelapse_truth.tif"}
 
 
 # ---- install and CI -------------------------------------------------------------------------------------------------
