@@ -170,8 +170,9 @@ def write_truth_folder(labels: np.ndarray, parents: dict[int, int], folder: Path
     return folder
 
 
-def score(gt_folder: Path, pred_folder: Path, frame_buffer: int) -> dict:
-    """traccuracy's CTC metrics and division metrics of a CTC result folder against a ground-truth folder."""
+def traccuracy_scores(gt_folder: Path, pred_folder: Path, frame_buffer: int = 0) -> tuple[dict, dict]:
+    """traccuracy's CTC metrics (TRA, DET, LNK, ...) and division metrics ("Division F1", ...; a division counts as
+    found up to ``frame_buffer`` frames off) of a CTC result folder against a ground-truth folder, as it names them."""
     from traccuracy import run_metrics
     from traccuracy.loaders import load_ctc_data
     from traccuracy.matchers import CTCMatcher
@@ -182,7 +183,12 @@ def score(gt_folder: Path, pred_folder: Path, frame_buffer: int) -> dict:
     results, _ = run_metrics(gt, pred, CTCMatcher(),
                              [CTCMetrics(), DivisionMetrics(max_frame_buffer=frame_buffer)])
     ctc, divisions = (r["results"] for r in results)
-    divisions = divisions[f"Frame Buffer {frame_buffer}"]
+    return ctc, divisions[f"Frame Buffer {frame_buffer}"]
+
+
+def score(gt_folder: Path, pred_folder: Path, frame_buffer: int) -> dict:
+    """The figures this benchmark reports of a CTC result folder against a ground-truth folder."""
+    ctc, divisions = traccuracy_scores(gt_folder, pred_folder, frame_buffer)
     scores = {key: _number(key, ctc[key]) for key in CTC_KEYS if key in ctc}
     scores.update({name: _number(name, divisions[key]) for key, name in DIVISION_KEYS.items() if key in divisions})
     return scores

@@ -7,12 +7,12 @@ covering both daughters (what SAM2 does). track_timelapse must find each divisio
 daughters as new objects, and the exported CTC folder must score TRA = 1 with every division found (traccuracy).
 The SAM2 path itself is tested for plumbing on the miniature model."""
 
+import ctc_truth
 import numpy as np
 import pytest
 from ctc_truth import score, write_truth_folder
 
 from napari_sam2.api import Prompt, track_stack
-from napari_sam2.core.frame_labels import FrameLabels
 from napari_sam2.core.lineage import build_lineage
 from napari_sam2.core.seeding import seed_prompts
 from napari_sam2.core.timelapse import track_timelapse
@@ -21,61 +21,16 @@ from napari_sam2.io.track_export import write_tracking
 from napari_sam2.io.tracking_samples import make_tracking_timelapse
 
 
-class OracleRun:
-    def __init__(self, results, total):
-        self._results, self.total = iter(results), total
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        return next(self._results)
-
-
-class OracleSession:
-    """TrackingSession's contract, tracking from the ground truth: an object prompted by a mask follows the
-    ground-truth cell it overlaps most on that frame, together with all that cell's descendants."""
+class OracleSession(ctc_truth.OracleSession):
+    """The benchmark's oracle (a perfect SAM2 that keeps a dividing cell as one object), recording its runs."""
 
     def __init__(self, truth, parents):
-        self.truth, self.parents = truth, parents
-        self.n_frames, self.frame_size = truth.shape[0], truth.shape[1:]
-        self.cell_of: dict[int, int] = {}  # obj_id -> ground-truth label
-        self.prompted: dict[int, tuple[int, ...]] = {}
-        self.ended: dict[int, int] = {}
+        super().__init__(truth, parents)
         self.runs = []
 
-    @property
-    def prompted_frames(self):
-        return self.prompted
-
-    def add_prompts(self, prompts):
-        for prompt in prompts:
-            values, counts = np.unique(self.truth[prompt.frame][prompt.mask], return_counts=True)
-            self.cell_of[prompt.obj_id] = int(values[np.argmax(counts * (values > 0))])
-            self.prompted[prompt.obj_id] = self.prompted.get(prompt.obj_id, ()) + (prompt.frame,)
-
-    def end_object(self, obj_id, last_frame):
-        self.ended[obj_id] = last_frame
-
     def propagate(self, direction="both", frame_range=None, obj_ids=None):
-        first, last = frame_range or (0, self.n_frames - 1)
-        objects = sorted(obj_ids or self.cell_of)
-        self.runs.append((direction, (first, last), tuple(objects)))
-        start = min(min(self.prompted[o]) for o in objects)
-        frames = range(start if direction == "forward" else first, last + 1)
-        return OracleRun((self._labels(t, objects) for t in frames), len(frames))
-
-    def _labels(self, t, objects):
-        masks = np.stack([self._mask(obj_id, t) for obj_id in objects])
-        return FrameLabels(t, tuple(objects), masks)
-
-    def _mask(self, obj_id, t):
-        if t > self.ended.get(obj_id, self.n_frames):
-            return np.zeros(self.frame_size, bool)
-        cells = {self.cell_of[obj_id]}
-        for _ in range(4):
-            cells |= {d for d, m in self.parents.items() if m in cells}
-        return np.isin(self.truth[t], list(cells))
+        self.runs.append((direction, frame_range, obj_ids))
+        return super().propagate(direction, frame_range, obj_ids)
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +108,38 @@ def test_track_stack_bad_input_before_any_model(sample):
                     model="no such model")
     with pytest.raises(InputError, match="No prompts given"):
         track_stack(image, model="no such model")
+
+
+class ScriptedSession(OracleSession):
+    """Object 5 as SAM2 might track it: one blob, two parts on frames 2-4, one blob again, two parts on 7-9;
+    daughters follow the parts they were prompted with (their masks as given, on every later frame)."""
+
+    def __init__(self):
+        blob, parts = np.zeros((10, 20, 30), bool), np.zeros((10, 20, 30), bool)
+        blob[:, 5:15, 5:25] = True
+        parts[:, 5:15, 5:13] = parts[:, 5:15, 17:25] = True
+        split = np.isin(np.arange(10), [2, 3, 4, 7, 8, 9])[:, None, None]
+        self.script = np.where(split, parts, blob)
+        super().__init__(np.zeros((10, 20, 30), np.int32), {})
+        self.masks = {}
+
+    def add_prompts(self, prompts):
+        for prompt in prompts:
+            self.masks[prompt.obj_id] = prompt.mask
+            self.cell_of[prompt.obj_id] = prompt.obj_id
+            self.prompted_frames[prompt.obj_id] = (prompt.frame,)
+
+    def _mask(self, obj_id, t):
+        if t > self.ended.get(obj_id, self.n_frames):
+            return np.zeros(self.frame_size, bool)
+        return self.script[t] if obj_id == 5 else self.masks[obj_id]
+
+
+def test_a_label_that_splits_merges_and_splits_again_is_divided_once():
+    session = ScriptedSession()
+    result = track_timelapse(session, [Prompt(0, 5, mask=session.script[0])])
+    assert result.divisions == {5: (2, (6, 7))}
+    assert session.ended == {5: 1}
+    assert [run[2] for run in session.runs] == [None, (6, 7)]
+    assert not (result.labels[2:] == 5).any() and (result.labels[:2] == 5).any(axis=(1, 2)).all()
+    assert result.lineage.parents() == {5: 0, 6: 5, 7: 5}

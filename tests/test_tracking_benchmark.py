@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("traccuracy")
-
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "tracking_benchmark.py"
 
 

@@ -174,16 +174,22 @@ def _segment(args: argparse.Namespace) -> int:
     checked = [files.prepare_stack(job, args.axis, args.channels, pixels=False, seed_frame=args.seed_frame or 0)
                for job in jobs]
     model = _model_for(args)
+    return _each_checked(checked, lambda layout_only: _segment_one(layout_only, model, args), "stack(s)")
+
+
+def _each_checked(checked, one, what: str) -> int:
+    """``one(layout_only)`` for every checked input, in order: its output path on stdout when it returns None, else
+    one error line with the reason it returned; the exit status (1 if any failed)."""
     failed = 0
     for layout_only in checked:
-        reason = _segment_one(layout_only, model, args)
+        reason = one(layout_only)
         if reason is None:
             print(layout_only.job.out, flush=True)
         else:
             _error(f"{layout_only.job.stack}: {reason}")
             failed += 1
     if failed:
-        print(f"{PROG}: {failed} of {len(jobs)} stack(s) failed; the others were written.", file=sys.stderr)
+        print(f"{PROG}: {failed} of {len(checked)} {what} failed; the others were written.", file=sys.stderr)
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -353,17 +359,7 @@ def _track(args: argparse.Namespace) -> int:
     for layout_only in checked:
         files.check_formats_fit(layout_only, formats)
     model = _model_for(args)
-    failed = 0
-    for layout_only in checked:
-        reason = _track_one(layout_only, model, args, formats)
-        if reason is None:
-            print(layout_only.job.out, flush=True)
-        else:
-            _error(f"{layout_only.job.stack}: {reason}")
-            failed += 1
-    if failed:
-        print(f"{PROG}: {failed} of {len(jobs)} time-lapse(s) failed; the others were written.", file=sys.stderr)
-    return EXIT_FAILURE if failed else EXIT_OK
+    return _each_checked(checked, lambda layout_only: _track_one(layout_only, model, args, formats), "time-lapse(s)")
 
 
 def _track_one(layout_only, model, args: argparse.Namespace, formats) -> str | None:

@@ -121,10 +121,13 @@ def _follow_divisions(session, labels, found: dict, min_frames: int):
     seen: set[int] = set()
     next_id = int(labels.max()) + 1
     for _ in range(MAX_DIVISION_ROUNDS):
-        new = [d for d in find_divisions(labels, min_frames=min_frames) if d.label not in seen]
+        new = {}
+        for division in find_divisions(labels, min_frames=min_frames):  # by frame: a label's first division only
+            if division.label not in seen:
+                new.setdefault(division.label, division)
         if not new:
             return
-        for division in new:
+        for division in new.values():
             seen.add(division.label)
             daughters = (next_id, next_id + 1)
             if (yield from _divide(session, labels, division, daughters)):
