@@ -147,7 +147,7 @@ def test_the_options_reach_track_stack(tmp_path, sample, recorder, use_fast_mode
     # The glob matches the seed file too: it is not a time-lapse.
     status, stdout, stderr = track(
         [tmp_path / "*.tif", "--seed-labels", "{dir}/{stem}_seeds.tif", "--prompts", "{dir}/{stem}.csv", "--seed", "auto",
-         "--points-per-side", 4, "--seed-frame", 2, "--no-divisions", "--out", str(tmp_path / "{stem}_tracks"),
+         "--points-per-side", 4, "--pred-iou-thresh", 0.5, "--min-mask-region-area", 20, "--seed-frame", 2, "--no-divisions", "--out", str(tmp_path / "{stem}_tracks"),
          "--formats", "csv", "--quiet"], capsys)
 
     assert status == 0, stderr
@@ -156,7 +156,8 @@ def test_the_options_reach_track_stack(tmp_path, sample, recorder, use_fast_mode
     np.testing.assert_array_equal(call["stack"], image)
     np.testing.assert_array_equal(call["seed_labels"], seeds)
     assert [(p.frame, p.obj_id, p.points) for p in call["prompts"]] == [(3, 40, ((20.0, 30.0),))]
-    assert call["seed"] == "auto" and call["auto_options"] == {"points_per_side": 4}
+    assert call["seed"] == "auto"
+    assert call["auto_options"] == {"points_per_side": 4, "pred_iou_thresh": 0.5, "min_mask_region_area": 20}
     assert call["seed_frame"] == 2 and call["divisions"] is False and call["axis"] == 0
 
     # Without any seed source, the prompts beside the stack are taken; the division setting is passed on.
@@ -207,21 +208,18 @@ def test_a_failing_time_lapse_exits_1_and_the_others_are_written(tmp_path, sampl
 
 
 def test_automatic_seeds_run_on_the_model(tmp_path, sample, use_fast_model, capsys):
-    """--seed auto reaches SAM2's automatic mask generator; random weights may find nothing, which fails this
-    time-lapse alone (exit 1, nothing written)."""
+    """--seed auto reaches SAM2's automatic mask generator, with its thresholds and a progress bar of its own; with
+    no filtering (thresholds 0) the random-weight model's masks seed objects, which are then tracked."""
     image, _ = sample
     source = write_tyx(tmp_path / "cells.tif", image[:3])
 
-    status, stdout, stderr = track([source, "--seed", "auto", "--points-per-side", 4, "--out", tmp_path / "out",
-                                    "--quiet"], capsys)
+    status, stdout, stderr = track([source, "--seed", "auto", "--points-per-side", 4, "--pred-iou-thresh", 0,
+                                    "--stability-score-thresh", 0, "--out", tmp_path / "out"], capsys)
 
-    if status == 0:
-        assert stdout.split() == [str(tmp_path / "out" / "cells")]
-        assert read_tiff(tmp_path / "out" / "cells" / "labels.tif").data.any()
-    else:
-        assert status == 1
-        assert "No object found on frame 0" in one_error_line(stderr)
-        assert not (tmp_path / "out" / "cells").exists()
+    assert status == 0, stderr
+    assert stdout.split() == [str(tmp_path / "out" / "cells")]
+    assert "cells.tif: finding cells" in stderr and "batches" in stderr
+    assert read_tiff(tmp_path / "out" / "cells" / "labels.tif").data[0].any()
 
 
 # ---- bad input: exit 2, one clear line, nothing written, no model loaded ---------------------------------------
@@ -233,6 +231,7 @@ def test_automatic_seeds_run_on_the_model(tmp_path, sample, use_fast_model, caps
         ("no seed source", "Nothing to track in"),
         ("further axes", "track follows 2D cells through time"),
         ("points per side without auto", "--points-per-side sets SAM2's automatic seeding"),
+        ("threshold without auto", "--stability-score-thresh sets SAM2's automatic seeding"),
         ("seed frame without seeds", "--seed-frame says which frame"),
         ("min division frames without divisions", "leave out --no-divisions"),
         ("unknown format", "choose one or more of ctc, geff, csv"),
@@ -256,6 +255,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, sample, no
         tifffile.imwrite(source, np.stack([image, image], axis=1), imagej=True, metadata={"axes": "TZYX"})
     elif case == "points per side without auto":
         args += ["--points-per-side", 8]
+    elif case == "threshold without auto":
+        args += ["--stability-score-thresh", 0.9]
     elif case == "seed frame without seeds":
         args[1:3] = ["--prompts", tmp_path / "p.csv"]
         (tmp_path / "p.csv").write_text("index,axis-0,axis-1,axis-2,positive,obj_id\n0,1,40,50,True,1\n")
@@ -297,3 +298,5 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
     assert cli.main(["track", "x.tif", "--out", str(tmp_path), "--seed", "everything"]) == 2
     assert cli.main(["track", "x.tif", "--out", str(tmp_path), "--min-division-frames", "0"]) == 2
+    assert cli.main(["track", "x.tif", "--out", str(tmp_path), "--seed", "auto", "--pred-iou-thresh", "1.5"]) == 2
+    assert "expected a number from 0 to 1" in capsys.readouterr().err

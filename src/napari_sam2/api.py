@@ -206,6 +206,7 @@ def track_stack(
     divisions: bool = True,
     min_division_frames: int = 3,
     progress: Callable[[int, int], None] | None = None,
+    seed_progress: Callable[[int, int], None] | None = None,
     channel_axis: int | None = None,
     channels: Sequence[int] | None = None,
     intensity_range=None,
@@ -224,7 +225,8 @@ def track_stack(
     ``seed_frame`` (``auto_options``: its parameters, e.g. ``{"points_per_side": 16, "pred_iou_thresh": 0.8}``),
     or from several of these together. ``divisions``: an object whose mask splits into two parts lasting
     ``min_division_frames`` frames ends before the split, and each part is tracked on as a daughter.
-    ``progress(frames_done, frames_total)``: after each frame; the total grows when a division adds a run. Other
+    ``progress(frames_done, frames_total)``: after each frame; the total grows when a division adds a run.
+    ``seed_progress(batches_done, batches_total)``: after each batch of grid points of the automatic seeding. Other
     arguments as in :func:`stream_stack`.
     """
     if seed not in (None, "auto"):
@@ -246,7 +248,7 @@ def track_stack(
                          **frame_options) as session:
         if seed == "auto":
             taken = {prompt.obj_id for prompt in given}
-            found = automatic_seeds(session, seed_frame, **(auto_options or {}))
+            found = automatic_seeds(session, seed_frame, progress=seed_progress, **(auto_options or {}))
             # Automatic objects get ids after the given ones, so no given object is replaced.
             offset = max(taken, default=0)
             found = np.where(found > 0, found + offset, 0)

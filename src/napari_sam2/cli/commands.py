@@ -289,6 +289,20 @@ def _frame_number(text: str) -> int:
     return value
 
 
+# The automatic mask generator's parameters the command line offers (engine.auto_masks.AutomaticMaskGenerator).
+AUTO_OPTIONS = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_mask_region_area")
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -340,8 +354,10 @@ def _track(args: argparse.Namespace) -> int:
     from .file_segmentation import expand_inputs
 
     auto = args.seed == "auto"
-    if args.points_per_side is not None and not auto:
-        raise InputError("--points-per-side sets SAM2's automatic seeding: give it with --seed auto.")
+    for name in AUTO_OPTIONS:
+        if getattr(args, name) is not None and not auto:
+            flag = "--" + name.replace("_", "-")
+            raise InputError(f"{flag} sets SAM2's automatic seeding: give it with --seed auto.")
     if args.min_division_frames is not None and not args.divisions:
         raise InputError("--min-division-frames says when a split is a division: leave out --no-divisions.")
     if args.seed_frame is not None and not (args.seed_labels or auto):
@@ -368,7 +384,10 @@ def _track_one(layout_only, model, args: argparse.Namespace, formats) -> str | N
     from . import file_tracking as files
 
     bar = None if args.quiet else models.TextProgressBar(layout_only.job.stack.name, unit="frames")
-    auto_options = {"points_per_side": args.points_per_side} if args.points_per_side is not None else None
+    auto = args.seed == "auto"
+    seed_bar = None if args.quiet or not auto else models.TextProgressBar(
+        f"{layout_only.job.stack.name}: finding cells", unit="batches")
+    auto_options = {name: getattr(args, name) for name in AUTO_OPTIONS if getattr(args, name) is not None} or None
     reason = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SaturationWarning)
@@ -376,16 +395,17 @@ def _track_one(layout_only, model, args: argparse.Namespace, formats) -> str | N
             with translate_out_of_memory(getattr(model, "device", None)):
                 stack = files.with_pixels(layout_only)
                 tracks = files.track_prepared(
-                    stack, model, auto=args.seed == "auto", auto_options=auto_options, divisions=args.divisions,
+                    stack, model, auto=auto, auto_options=auto_options, divisions=args.divisions,
                     min_division_frames=args.min_division_frames or 3, intensity_range=args.intensity_range,
-                    progress=bar, preprocessing=_preprocessing(args.model),
+                    progress=bar, seed_progress=seed_bar, preprocessing=_preprocessing(args.model),
                 )
                 files.write_track_outputs(stack, tracks, formats, args.overwrite)
         except Exception as error:  # noqa: BLE001 - this time-lapse failed; go on with the others
             reason = _failure_reason(error)
         finally:
-            if bar is not None:
-                bar.close()
+            for shown in (seed_bar, bar):
+                if shown is not None:
+                    shown.close()
     _report_warnings(layout_only.job.stack, caught)
     return reason
 
@@ -440,6 +460,18 @@ def _add_track_commands(subparsers) -> None:
     command.add_argument(
         "--points-per-side", type=_positive_int, metavar="K",
         help="with --seed auto: a K x K grid of points to find cells from (default 32; fewer is quicker)",
+    )
+    command.add_argument(
+        "--pred-iou-thresh", type=_fraction, metavar="X",
+        help="with --seed auto: keep masks SAM2 rates at least this good (0 to 1, default 0.8)",
+    )
+    command.add_argument(
+        "--stability-score-thresh", type=_fraction, metavar="X",
+        help="with --seed auto: keep masks that change little with the threshold (0 to 1, default 0.95)",
+    )
+    command.add_argument(
+        "--min-mask-region-area", type=_frame_number, metavar="PIXELS",
+        help="with --seed auto: remove specks and fill holes smaller than this in each mask (default 0: none)",
     )
     command.add_argument(
         "--no-divisions", dest="divisions", action="store_false",

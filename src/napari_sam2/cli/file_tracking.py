@@ -210,6 +210,7 @@ def track_prepared(
     min_division_frames: int = 3,
     intensity_range=None,
     progress: Callable[[int, int], None] | None = None,
+    seed_progress: Callable[[int, int], None] | None = None,
     preprocessing=None,
 ):
     """``api.track_stack`` on the time-lapse with its seeds: a TimelapseTracks (labels (T, H, W))."""
@@ -225,7 +226,7 @@ def track_prepared(
         seeding.update(seed="auto", auto_options=auto_options)
     return api.track_stack(
         stack.image.data, stack.prompts or None, axis=stack.axes.frame_axis, model=model, seed_frame=stack.seed_frame,
-        divisions=divisions, min_division_frames=min_division_frames, progress=progress,
+        divisions=divisions, min_division_frames=min_division_frames, progress=progress, seed_progress=seed_progress,
         channel_axis=stack.axes.channel_axis, channels=stack.channels, intensity_range=intensity_range,
         fixed_indices=dict(stack.position) or None, preprocessing=preprocessing, **seeding,
     )
