@@ -206,3 +206,22 @@ def test_more_than_1000_frames_get_four_digit_mask_names(tmp_path, monkeypatch):
     folder = write_ctc(labels, build_lineage(labels), tmp_path / "long")
     assert (folder / "mask0000.tif").exists() and (folder / "mask1000.tif").exists()
     assert (folder / "res_track.txt").read_text() == "1 0 1000 0\n"
+
+
+def test_geff_with_its_segmentation_scores_perfectly_with_traccuracys_geff_reader(sample, ground_truth, tmp_path):
+    """The GEFF carries the masks as a "labels" related object: traccuracy loads graph and masks from it alone and
+    matches them against the ground truth like a CTC folder."""
+    from traccuracy import run_metrics
+    from traccuracy.loaders import load_ctc_data, load_geff_data
+    from traccuracy.matchers import CTCMatcher
+    from traccuracy.metrics import CTCMetrics, DivisionMetrics
+
+    labels, _ = sample
+    path = write_geff(build_lineage(labels), tmp_path / "tracks.geff", labels=labels)
+    predicted = load_geff_data(str(path), load_geff_seg=True, name="pred")
+    assert predicted.segmentation.shape == labels.shape
+    results, _ = run_metrics(load_ctc_data(str(ground_truth), name="gt"), predicted, CTCMatcher(),
+                             [CTCMetrics(), DivisionMetrics()])
+    ctc, divisions = (r["results"] for r in results)
+    assert ctc["TRA"] == 1.0 and ctc["DET"] == 1.0
+    assert divisions["Frame Buffer 0"]["Division F1"] == 1.0

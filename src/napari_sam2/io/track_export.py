@@ -44,12 +44,26 @@ def write_ctc(labels, lineage: Lineage, folder, *, overwrite: bool = False) -> P
         InputError: bad labels, a label or track id above 65535 (CTC masks are uint16), labels and lineage that do
             not match, or an existing non-empty folder without ``overwrite``.
     """
+    labels = _fitting_labels(labels, lineage, "CTC masks are")
+    digits = 3 if len(labels) <= 1000 else 4
+    with _atomic_folder(Path(folder), overwrite) as temporary:
+        for t, frame in enumerate(segment_masks(labels, lineage)):
+            tifffile.imwrite(temporary / f"mask{t:0{digits}d}.tif", frame)
+        lines = [
+            f"{s.track_id} {s.first} {s.last} {s.parent}\n" for s in sorted(lineage.segments, key=lambda s: s.track_id)
+        ]
+        (temporary / "res_track.txt").write_text("".join(lines))
+    return Path(folder)
+
+
+def _fitting_labels(labels, lineage: Lineage, what: str) -> np.ndarray:
+    """The labels, checked: ids that fit 16 bits, and the lineage built from them."""
     labels = check_labels(labels)
     track_ids = [segment.track_id for segment in lineage.segments]
     highest = max([int(labels.max()) if labels.size else 0, *track_ids])
     if highest > CTC_MAX_LABEL:
         raise InputError(
-            f"CTC masks are 16-bit: label or track id {highest} is above {CTC_MAX_LABEL}. "
+            f"{what} 16-bit: label or track id {highest} is above {CTC_MAX_LABEL}. "
             "Relabel the objects with smaller ids (e.g. skimage.segmentation.relabel_sequential) first."
         )
     beyond = any(segment.last >= len(labels) for segment in lineage.segments)
@@ -58,29 +72,29 @@ def write_ctc(labels, lineage: Lineage, folder, *, overwrite: bool = False) -> P
             f"The lineage does not fit labels of shape {labels.shape} (more frames or other axes); build the "
             "lineage from these labels (build_lineage(labels)) and write them together."
         )
-    digits = 3 if len(labels) <= 1000 else 4
+    return labels
+
+
+def segment_masks(labels, lineage: Lineage):
+    """Each frame of ``labels`` (uint16) with every object's pixels holding its track segment's id (the label itself,
+    or for a label split at gaps, its later segments' ids): the masks of a CTC result, and the GEFF's segmentation.
+    InputError where a frame's labels do not match the lineage's tracks."""
     lut = np.arange(CTC_MAX_LABEL + 1, dtype=np.uint16)
-    with _atomic_folder(Path(folder), overwrite) as temporary:
-        for t, frame in enumerate(labels):
-            frame = frame.astype(np.intp, copy=False)
-            covering = [s for s in lineage.segments if s.first <= t <= s.last]
-            present = np.flatnonzero(np.bincount(frame.ravel(), minlength=1))
-            if sorted(s.label for s in covering) != present[present != 0].tolist():
-                raise InputError(
-                    f"The labels on frame {t} do not match the lineage's tracks; build the lineage from these "
-                    "labels (build_lineage(labels)) and write them together."
-                )
-            renamed = [s for s in covering if s.track_id != s.label]
-            for segment in renamed:
-                lut[segment.label] = segment.track_id
-            tifffile.imwrite(temporary / f"mask{t:0{digits}d}.tif", lut[frame])
-            for segment in renamed:
-                lut[segment.label] = segment.label
-        lines = [
-            f"{s.track_id} {s.first} {s.last} {s.parent}\n" for s in sorted(lineage.segments, key=lambda s: s.track_id)
-        ]
-        (temporary / "res_track.txt").write_text("".join(lines))
-    return Path(folder)
+    for t, frame in enumerate(labels):
+        frame = frame.astype(np.intp, copy=False)
+        covering = [s for s in lineage.segments if s.first <= t <= s.last]
+        present = np.flatnonzero(np.bincount(frame.ravel(), minlength=1))
+        if sorted(s.label for s in covering) != present[present != 0].tolist():
+            raise InputError(
+                f"The labels on frame {t} do not match the lineage's tracks; build the lineage from these "
+                "labels (build_lineage(labels)) and write them together."
+            )
+        renamed = [s for s in covering if s.track_id != s.label]
+        for segment in renamed:
+            lut[segment.label] = segment.track_id
+        yield lut[frame]
+        for segment in renamed:
+            lut[segment.label] = segment.label
 
 
 def write_geff(
@@ -91,6 +105,7 @@ def write_geff(
     axis_names: tuple[str, ...] | None = None,
     scale: tuple[float, ...] | None = None,
     axis_units: tuple[str | None, ...] | None = None,
+    labels=None,
 ) -> Path:
     """Write the lineage as a GEFF zarr store (Graph Exchange File Format) with the ``geff`` package.
 
@@ -106,6 +121,10 @@ def write_geff(
         scale: physical size of a frame and of a pixel along each axis, recorded in the metadata (positions stay in
             pixels); None for no scale.
         axis_units: units of the axes (e.g. ("second", "micrometer", "micrometer")), or None.
+        labels: the label series the lineage was built from: stored in the store as the array ``segmentation``
+            (each object's pixels holding its node's ``track_id``, as the CTC masks), named in the metadata as a
+            related object of type "labels", so that readers (e.g. traccuracy's ``load_geff_data(...,
+            load_geff_seg=True)``) match nodes to masks.
 
     Returns:
         The path.
@@ -133,6 +152,8 @@ def write_geff(
     if scale is not None and not all(float(s) > 0 for s in scale):
         raise InputError(f"scale must be positive sizes; got {scale!r}.")
 
+    if labels is not None:
+        labels = _fitting_labels(labels, lineage, "The GEFF's segmentation is")
     label_of = lineage.labels()
     graph = nx.DiGraph()
     track = tracks[:, 0].astype(np.int64)
@@ -157,7 +178,29 @@ def write_geff(
             axis_units=list(axis_units) if axis_units is not None else None,
             axis_scales=[float(s) for s in scale] if scale is not None else None,
         )
+        if labels is not None:
+            _add_segmentation(temporary, np.stack(list(segment_masks(labels, lineage))))
     return Path(path)
+
+
+def _add_segmentation(store: Path, masks: np.ndarray) -> None:
+    """``masks`` as the array ``segmentation`` of a written GEFF store, and a "labels" related object naming it (its
+    pixels hold the nodes' ``track_id``). geff-spec 1.2.1 names that property ``node_prop``; readers of earlier
+    versions (traccuracy 0.4) read ``label_prop``, so both are set."""
+    import warnings
+
+    import zarr
+    from geff_spec import GeffMetadata, RelatedObject
+
+    array = zarr.create_array(str(store / "segmentation"), shape=masks.shape, dtype=masks.dtype,
+                              chunks=(1, *masks.shape[1:]))
+    array[:] = masks
+    metadata = GeffMetadata.read(str(store))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        related = RelatedObject(type="labels", path="segmentation", node_prop="track_id", label_prop="track_id")
+    metadata.related_objects = [related]
+    metadata.write(str(store))
 
 
 def write_tracks_csv(lineage: Lineage, path) -> Path:
@@ -215,7 +258,7 @@ def write_tracking(labels, lineage: Lineage, folder, formats=TRACK_FORMATS, *, o
     if "ctc" in formats:
         written.append(write_ctc(labels, lineage, folder / "RES", overwrite=overwrite))
     if "geff" in formats:
-        written.append(write_geff(lineage, folder / "tracks.geff", overwrite=overwrite, scale=scale))
+        written.append(write_geff(lineage, folder / "tracks.geff", overwrite=overwrite, scale=scale, labels=labels))
     if "csv" in formats:
         written += [write_tracks_csv(lineage, folder / "tracks.csv"), write_flags_csv(lineage, folder / "flags.csv")]
     return written
