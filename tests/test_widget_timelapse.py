@@ -86,23 +86,34 @@ def test_seed_track_review_and_export(make_napari_viewer, qtbot, mini_model, tim
     assert len(list((tmp_path / "export" / "RES").glob("mask*.tif"))) == len(image)
 
 
-def test_find_all_objects_seeds_new_ids(make_napari_viewer, qtbot, mini_model, timelapse, messages):
+def test_find_all_objects_seeds_new_ids_with_progress(make_napari_viewer, qtbot, mini_model, timelapse, messages):
     viewer, widget, _ = open_timelapse(make_napari_viewer, mini_model, timelapse)
     panel = widget.timelapse
-    panel.points_per_side.value = 4  # a small grid: quick, and the random-weight model still finds masks
+    panel.points_per_side.value = 4  # a small grid: quick
     widget.obj_id.value = 5
-    found = []
+    found, started, done = [], [], []
     widget.controller.events.objects_found.connect(lambda frame, labels: found.append((frame, labels)))
-    assert panel.find_objects()
+    widget.controller.events.started.connect(lambda kind, total, description: started.append((kind, total)))
+    widget.controller.events.frame_done.connect(lambda labels, count, total: done.append((labels, count, total)))
+    assert panel.find_objects()  # the button: Meta's default thresholds, which the random weights may not pass
     wait_idle(qtbot, widget)
-    if messages["error"]:
-        assert "No object found" in messages["error"][0]  # random weights may find nothing: said clearly
-        return
+    assert started == [(FIND, 1)]  # 4 x 4 points in one batch of 64: a progress bar of one step
+    assert done == [(None, 1, 1)]
+    assert found or "No object found" in messages["error"][0]
+
+    found.clear()
+    messages["error"].clear()
+    # No filtering: the random-weight model's masks become seeds.
+    assert widget.find_objects({"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+    wait_idle(qtbot, widget)
+    assert not messages["error"], messages["error"]
     ((frame, labels),) = found
     assert frame == SEED_FRAME and labels.shape == timelapse[0].shape[1:]
     seeded = sorted(obj_id for _, obj_id in panel.seeds)
-    assert len(seeded) == len(set(np.unique(labels).tolist()) - {0})
+    assert len(seeded) == len(set(np.unique(labels).tolist()) - {0}) > 0
     assert seeded[0] > 5  # after every id in use
+    written = widget.prompt_layers.labels.data[SEED_FRAME]
+    assert set(np.unique(written).tolist()) - {0} <= set(seeded)  # the seeds were segmented on their slice
     panel.clear_seeds()
     assert not panel.seeds
 

@@ -31,7 +31,8 @@ from the prompts), "corrections" (re-tracking from the slices prompted since the
 of some objects only), "precompute" (the image features of every slice stored on disk: ``frame_done`` then carries
 None instead of labels), "track" (time-lapse cell tracking: a full run, then each division followed by two daughter
 objects with new ids; ``tracked(TimelapseTracks)`` comes before the run ends), "find" (SAM2's automatic masks on one
-slice: ``objects_found(frame, labels)``, an (H, W) label image, comes before the run ends; nothing is written).
+slice: ``frame_done`` carries None per batch of grid points decoded, ``objects_found(frame, labels)``, an (H, W)
+label image, comes before the run ends; nothing is written).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ logger = logging.getLogger(__name__)
 IDLE, RUNNING, CANCELLING = "idle", "running", "cancelling"
 LIVE, SLICE, PROPAGATE, CORRECTIONS, RETRACK = "live", "slice", "propagate", "corrections", "retrack"
 PRECOMPUTE, TRACK, FIND = "precompute", "track", "find"
-SLICE_KINDS = (LIVE, SLICE, FIND)
+SLICE_KINDS = (LIVE, SLICE)
 DOWNLOAD_REPORT_S = 0.1  # at most ~10 download progress events a second reach the GUI
 
 
@@ -161,6 +162,7 @@ class _Run:
     frames: set = field(default_factory=set)
     started: bool = False
     abort_message: str | None = None
+    post: Callable | None = None  # the job's way to send an item from inside a call that cannot yield
 
 
 # ---- runners ----------------------------------------------------------------------------------------------------
@@ -365,7 +367,7 @@ class TrackingController:
         ``objects_found(frame, labels)``. Returns False while another run is in progress."""
         if not self._begin(FIND, spec, f"Finding objects on slice {frame}…"):
             return False
-        self._start(lambda session_steps, run: self._find_steps(session_steps, frame, dict(options or {})))
+        self._start(lambda session_steps, run: self._find_steps(session_steps, run, frame, dict(options or {})))
         return True
 
     def remove_object(self, obj_id: int) -> bool:
@@ -435,6 +437,7 @@ class TrackingController:
             def session_steps():
                 return (yield from _open_session(session, spec, factory, run, post, hint))
 
+            run.post = post
             iterator = steps(session_steps, run)
             try:
                 for item in iterator:
@@ -491,7 +494,7 @@ class TrackingController:
             run.total = max(run.total, len(run.frames)) if run.total else 0
             done = len(run.frames)
             if run.total and not run.stop.is_set():
-                self.status = f"{done} / {run.total} slices"
+                self.status = f"{done} / {run.total} {'batches of points' if run.kind == FIND else 'slices'}"
             self.events.frame_done.emit(item if isinstance(item, FrameLabels) else None, done, run.total)
 
     def _done(self, run: _Run, error: BaseException | None) -> None:
@@ -514,7 +517,8 @@ class TrackingController:
             self.events.failed.emit(message)
         elif run.stop.is_set() or error is not None:
             self.last_outcome = "cancelled"
-            self.status = f"Cancelled: {done} slice(s) kept." if run.kind not in SLICE_KINDS else "Cancelled."
+            kept = run.kind not in (*SLICE_KINDS, FIND)
+            self.status = f"Cancelled: {done} slice(s) kept." if kept else "Cancelled."
             self.events.cancelled.emit(done)
         else:
             self.last_outcome = "finished"
@@ -577,12 +581,20 @@ class TrackingController:
         for frame in session.precompute_features():
             yield _FrameProgress(frame)
 
-    def _find_steps(self, session_steps, frame: int, options: dict) -> Iterator:
+    def _find_steps(self, session_steps, run, frame: int, options: dict) -> Iterator:
         from ..core.timelapse import automatic_seeds
+        from ..engine.auto_masks import AutomaticMaskGenerator
 
         session = yield from session_steps()
-        yield _Started(FIND, 0, f"Finding objects on slice {frame}")
-        yield _Found(frame, automatic_seeds(session, frame, **options))
+        batches = AutomaticMaskGenerator(session.model, **options).num_batches(session.frame_size)
+        yield _Started(FIND, batches, f"Finding objects on slice {frame}")
+
+        def batch_done(done: int, total: int) -> None:  # from inside the generator: post, and stop on Cancel
+            run.post(_FrameProgress(done - 1))
+            if run.stop.is_set():
+                raise RunCancelled()
+
+        yield _Found(frame, automatic_seeds(session, frame, progress=batch_done, **options))
 
     def _track_steps(self, session_steps, run, prompts, divisions: bool) -> Iterator:
         from ..core.timelapse import RunPlanned, timelapse_steps

@@ -260,18 +260,10 @@ class Sam2Widget(Container):
         self.model.value = model
 
     def next_object(self, *_) -> int:
-        """Switch to a new object id: one more than any id in the prompts and labels, or the smallest free id when
-        that would not fit the labels layer's type."""
+        """Switch to a new object id: one more than any id in the prompts, seeds and labels, or the smallest free id
+        when that would not fit the labels layer's type."""
         limit = self._id_limit()
-        used = [int(self.obj_id.value)]
-        if self._layers is not None:
-            for layer in (self._layers.points, self._layers.boxes):
-                if OBJ_ID in layer.features and len(layer.features):
-                    used.append(int(layer.features[OBJ_ID].max()))
-            data = self._layers.labels.data
-            if isinstance(data, np.ndarray) and data.size:
-                used.append(int(data.max()))
-        candidate = max(used) + 1
+        candidate = self.next_free_id()
         if candidate > limit:
             candidate = self._smallest_free_id(limit)
             if candidate is None:
@@ -407,8 +399,8 @@ class Sam2Widget(Container):
             self.segment_slice()
 
     def next_free_id(self) -> int:
-        """One more than every id in the prompts, seeds and labels."""
-        used = [0, *(obj_id for _, obj_id in self.timelapse.seeds)]
+        """One more than every id in the prompts, seeds and labels, and the current object's."""
+        used = [int(self.obj_id.value), *(obj_id for _, obj_id in self.timelapse.seeds)]
         if self._layers is not None:
             for layer in (self._layers.points, self._layers.boxes):
                 if OBJ_ID in layer.features and len(layer.features):
