@@ -124,3 +124,23 @@ def test_seeding_from_a_layer_of_another_shape_says_why(make_napari_viewer, qtbo
     assert widget.timelapse.seed_from_labels(other) == 0
     assert "neither the image's" in messages["error"][-1]
     assert not widget.timelapse.seeds
+
+
+def test_after_seeding_propagate_keeps_a_tracks_layer(make_napari_viewer, qtbot, mini_model, timelapse, messages):
+    """Seeds make the widget a time-lapse tracker: a plain Propagate (no divisions) also gives the Tracks layer, built
+    from what the labels layer holds."""
+    viewer, widget, cellpose = open_timelapse(make_napari_viewer, mini_model, timelapse)
+    assert not widget.timelapse.active  # a plain stack without seeds: no Tracks layer after a run
+    widget.timelapse.seed_from_labels(cellpose)
+    wait_idle(qtbot, widget)
+    assert widget.timelapse.active
+    widget.propagate()
+    wait_idle(qtbot, widget)
+    assert not messages["error"], messages["error"]
+    tracks = next(layer for layer in viewer.layers if layer.name == TRACKS_NAME)
+    labels = np.asarray(widget.prompt_layers.labels.data)
+    present = set(np.unique(labels).tolist()) - {0}
+    assert {int(i) for i in np.unique(tracks.data[:, 0])} >= present  # one track (or more, across gaps) per object
+    t, obj = int(tracks.data[0, 1]), int(tracks.data[0, 0])
+    if obj in present:  # a first segment keeps the label's id: its centroid is that label's on that frame
+        np.testing.assert_allclose(tracks.data[0, 2:], np.argwhere(labels[t] == obj).mean(axis=0))

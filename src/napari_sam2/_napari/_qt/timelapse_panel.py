@@ -21,10 +21,13 @@ from ...core.lineage import Lineage, build_lineage
 from ...core.prompts import Prompt
 from ...core.seeding import seed_prompts
 from ...errors import InputError
+from ..controller import CORRECTIONS, PROPAGATE, RETRACK, TRACK
 from ..layer_prompts import LayerPrompts
+from ..stack_plane import axis_letters
 
 TRACKS_NAME = "SAM2 tracks"
 TRACKS_REFRESH_S = 2.0  # the Tracks layer is rebuilt at most this often while a run writes
+PROPAGATION_KINDS = (PROPAGATE, CORRECTIONS, RETRACK)
 
 
 class TimelapsePanel(Container):
@@ -130,6 +133,25 @@ class TimelapsePanel(Container):
 
     def track_cells(self) -> bool:
         return self._owner.track_cells(divisions=bool(self.follow_divisions.value))
+
+    @property
+    def active(self) -> bool:
+        """Whether the user works on a time-lapse here: seeds given, a Tracks layer shown, or the tracked axis is t.
+        Then every propagation (not only Track cells) keeps the Tracks layer up to date."""
+        owner = self._owner
+        if self.seeds or any(layer.name == TRACKS_NAME for layer in owner.viewer.layers):
+            return True
+        image = owner.image.value
+        return image is not None and owner.axis.value is not None and axis_letters(image)[owner.axis.value] == "t"
+
+    def frame_written(self, kind: str) -> None:
+        """A run wrote a frame: refresh the Tracks layer now and then (see ``active``)."""
+        if kind == TRACK or (kind in PROPAGATION_KINDS and self.active):
+            self.show_tracks()
+
+    def run_finished(self, kind: str) -> None:
+        if kind in PROPAGATION_KINDS and self.active:
+            self.show_tracks(force=True)
 
     def tracked(self, result) -> None:
         """A tracking run ended: its parent links, then the Tracks layer and the review list from the labels."""

@@ -25,7 +25,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from ...core.prompts import DIRECTIONS, MAX_OBJ_ID
 from ...errors import InputError
 from ...models.registry import DEFAULT_MODEL, MODELS, cached_path, local_models
-from ..controller import CANCELLING, SLICE_KINDS, TRACK, Identity, SessionSpec, TrackingController
+from ..controller import CANCELLING, SLICE_KINDS, Identity, SessionSpec, TrackingController
 from ..labels_writer import LabelsRun, check_ids_fit_layer, largest_id, remove_object_labels
 from ..layer_prompts import OBJ_ID, LayerPrompts, prompts_from_layers, to_image_data
 from ..prompt_layers import (
@@ -224,6 +224,7 @@ class Sam2Widget(Container):
         events.failed.connect(lambda message: self._on_run_ended(message))
         events.objects_found.connect(self.timelapse.objects_found)
         events.tracked.connect(self.timelapse.tracked)
+        events.finished.connect(lambda kind, done: self.timelapse.run_finished(kind))
 
         self._link(self.viewer.layers.events.inserted, self._on_layers_inserted)
         self._link(self.viewer.layers.events.removed, self._on_layers_removed)
@@ -502,8 +503,8 @@ class Sam2Widget(Container):
             except InputError as error:
                 self.controller.abort(str(error))
                 return
-        if self.controller.kind == TRACK:
-            self.timelapse.show_tracks()  # throttled
+        if labels is not None:
+            self.timelapse.frame_written(self.controller.kind)  # the Tracks layer, now and then
         bar = self._progress
         if bar is not None and done > self._progress_done:
             if total and bar.total != total:
