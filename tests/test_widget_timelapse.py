@@ -104,7 +104,8 @@ def test_find_all_objects_seeds_new_ids_with_progress(make_napari_viewer, qtbot,
     found.clear()
     messages["error"].clear()
     # No filtering: the random-weight model's masks become seeds.
-    assert widget.find_objects({"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0})
+    panel.iou_thresh.value = panel.stability_thresh.value = 0.0
+    assert panel.find_objects()
     wait_idle(qtbot, widget)
     assert not messages["error"], messages["error"]
     ((frame, labels),) = found

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QListWidget, QListWidgetItem
@@ -44,6 +44,15 @@ class TimelapsePanel(Container):
         self.seed_layer = ComboBox(label="Seed layer", choices=self._labels_choices, nullable=True)
         self.seed_button = PushButton(text="Seed from Labels layer")
         self.points_per_side = SpinBox(label="Points per side", min=2, max=64, value=32)
+        # SAM2's automatic mask generator's filters, with Meta's defaults
+        self.iou_thresh = FloatSpinBox(label="IoU ≥", min=0.0, max=1.0, step=0.05, value=0.8,
+                                       tooltip="keep masks whose predicted IoU is at least this (pred_iou_thresh)")
+        self.stability_thresh = FloatSpinBox(label="Stability ≥", min=0.0, max=1.0, step=0.05, value=0.95,
+                                             tooltip="keep masks that change little with the threshold "
+                                             "(stability_score_thresh)")
+        self.min_area = SpinBox(label="Min area", min=0, max=1_000_000, value=0,
+                                tooltip="remove specks and fill holes smaller than this, in pixels "
+                                "(min_mask_region_area)")
         self.find_button = PushButton(text="Find all objects on this frame")
         self.clear_button = PushButton(text="Clear seeds")
         self.seed_info = Label(value="")
@@ -59,13 +68,16 @@ class TimelapsePanel(Container):
         self.extend([
             Container(widgets=[self.seed_layer, self.seed_button], layout="horizontal", labels=False),
             Container(widgets=[self.points_per_side, self.find_button], layout="horizontal", labels=True),
+            Container(widgets=[self.iou_thresh, self.stability_thresh, self.min_area], layout="horizontal",
+                      labels=True),
             Container(widgets=[self.clear_button, self.seed_info], layout="horizontal", labels=False),
             Container(widgets=[self.follow_divisions, self.track_button], layout="horizontal", labels=False),
             review := Container(widgets=[self.review_label], labels=False),
             self.export_folder, self.export_button,
         ])
         review.native.layout().addWidget(self.review)
-        self.run_controls = [self.seed_layer, self.seed_button, self.points_per_side, self.find_button,
+        self.run_controls = [self.seed_layer, self.seed_button, self.points_per_side, self.iou_thresh,
+                             self.stability_thresh, self.min_area, self.find_button,
                              self.clear_button, self.follow_divisions, self.track_button, self.export_button]
 
         self.seed_button.clicked.connect(lambda: self.seed_from_labels())
@@ -102,7 +114,11 @@ class TimelapsePanel(Container):
     def find_objects(self) -> bool:
         """SAM2's automatic mask generator on the shown slice (in the background); the objects it finds become seeds
         with new ids."""
-        return self._owner.find_objects({"points_per_side": int(self.points_per_side.value)})
+        return self._owner.find_objects({
+            "points_per_side": int(self.points_per_side.value), "pred_iou_thresh": float(self.iou_thresh.value),
+            "stability_score_thresh": float(self.stability_thresh.value),
+            "min_mask_region_area": int(self.min_area.value),
+        })
 
     def objects_found(self, frame: int, labels: np.ndarray) -> int:
         """Seeds from the automatic masks of ``frame``: ids after every id in use."""
