@@ -108,6 +108,11 @@ def test_track_stack_bad_input_before_any_model(sample):
                     model="no such model")
     with pytest.raises(InputError, match="No prompts given"):
         track_stack(image, model="no such model")
+    seeds = np.ones((32, 32), int)
+    with pytest.raises(InputError, match="min_division_frames must be a whole number of 1 or more"):
+        track_stack(image, seed_labels=seeds, min_division_frames=0, model="no such model")
+    with pytest.raises(InputError, match=r"Unknown automatic seeding option\(s\) \['points_per_sid'\]"):
+        track_stack(image, seed="auto", auto_options={"points_per_sid": 4}, model="no such model")
 
 
 class ScriptedSession(OracleSession):

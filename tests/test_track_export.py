@@ -137,13 +137,26 @@ def test_tracks_and_flags_csv_read_back(tmp_path):
         assert next(csv.reader(file)) == ["track_id", "t", "z", "y", "x", "label", "parent_track_id"]
 
 
-def test_ctc_writer_refuses_big_labels_and_existing_folders(sample, tmp_path):
+def test_ids_beyond_16_bits_are_renumbered_in_ctc_and_kept_in_geff(sample, ground_truth, tmp_path):
+    """CTC masks are 16-bit: a lineage with larger ids (daughters of seeds with large ids) is written with its tracks
+    numbered 1, 2, ... (masks and res_track.txt alike) and still scores perfectly; GEFF keeps the ids (uint32)."""
+    labels, parents = sample
+    shifted = np.where(labels > 0, labels.astype(np.int64) + 70000, 0)
+    lineage = build_lineage(shifted, {d + 70000: m + 70000 for d, m in parents.items()}, infer_divisions=False)
+    folder = write_ctc(shifted, lineage, tmp_path / "big")
+    masks = [tifffile.imread(path) for path in sorted(folder.glob("mask*.tif"))]
+    assert masks[0].dtype == np.uint16 and max(int(m.max()) for m in masks) == len(lineage.segments)
+    ctc, divisions = score(ground_truth, folder)
+    assert ctc["TRA"] == 1.0 and divisions["Division F1"] == 1.0
+    path = write_geff(lineage, tmp_path / "big.geff", labels=shifted)
+    import zarr
+
+    segmentation = zarr.open_array(str(path / "segmentation"))
+    assert segmentation.dtype == np.uint32 and int(np.asarray(segmentation[0]).max()) > 70000
+
+
+def test_ctc_writer_refuses_existing_folders(sample, tmp_path):
     labels, _ = sample
-    big = np.zeros((2, 8, 8), np.int32)
-    big[:, 2:4, 2:4] = 70000
-    with pytest.raises(InputError, match="16-bit"):
-        write_ctc(big, build_lineage(big), tmp_path / "big")
-    assert list(tmp_path.iterdir()) == []
 
     lineage = build_lineage(labels)
     existing = tmp_path / "existing"
@@ -225,3 +238,21 @@ def test_geff_with_its_segmentation_scores_perfectly_with_traccuracys_geff_reade
     ctc, divisions = (r["results"] for r in results)
     assert ctc["TRA"] == 1.0 and ctc["DET"] == 1.0
     assert divisions["Frame Buffer 0"]["Division F1"] == 1.0
+
+
+def test_outputs_are_readable_by_others_as_any_new_file(sample, tmp_path):
+    """Written through private temporary names, the results still get the mode a plain new file or folder gets."""
+    import os
+    import stat
+
+    from napari_sam2.io.track_export import write_tracking
+
+    labels, _ = sample
+    old = os.umask(0o022)
+    try:
+        written = write_tracking(labels, build_lineage(labels), tmp_path / "out")
+    finally:
+        os.umask(old)
+    for path in [*written, tmp_path / "out" / "RES" / "mask000.tif"]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))

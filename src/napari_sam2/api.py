@@ -18,7 +18,13 @@ from .core.frames import StackFrames
 from .core.image_segmenter import ImageSegmenter
 from .core.prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
 from .core.seeding import seed_prompts
-from .core.timelapse import TimelapseTracks, automatic_seeds, track_timelapse
+from .core.timelapse import (
+    TimelapseTracks,
+    automatic_seeds,
+    check_auto_options,
+    check_division_frames,
+    track_timelapse,
+)
 from .core.tracking import DIRECTIONS, Propagation, TrackingSession
 from .errors import InputError
 from .models.loaded import DEFAULT_MODEL, clear_model_cache, get_model, preprocessing_for
@@ -233,6 +239,8 @@ def track_stack(
         raise InputError(f"seed must be None or 'auto', got {seed!r}.")
     if auto_options is not None and seed != "auto":
         raise InputError("auto_options are the automatic seeding's parameters: give them with seed='auto'.")
+    check_auto_options(auto_options or {})
+    min_division_frames = check_division_frames(min_division_frames)
     frame_options = dict(
         axis=axis, channel_axis=channel_axis, channels=channels, intensity_range=intensity_range,
         fixed_indices=fixed_indices,

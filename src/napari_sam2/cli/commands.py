@@ -189,7 +189,8 @@ def _each_checked(checked, one, what: str) -> int:
             _error(f"{layout_only.job.stack}: {reason}")
             failed += 1
     if failed:
-        print(f"{PROG}: {failed} of {len(checked)} {what} failed; the others were written.", file=sys.stderr)
+        others = "; the others were written" if failed < len(checked) else ""
+        print(f"{PROG}: {failed} of {len(checked)} {what} failed{others}.", file=sys.stderr)
     return EXIT_FAILURE if failed else EXIT_OK
 
 
@@ -372,8 +373,6 @@ def _track(args: argparse.Namespace) -> int:
     checked = [files.prepare_timelapse(job, args.axis, args.channels, seed_frame=args.seed_frame or 0,
                                        pixels=False)
                for job in jobs]
-    for layout_only in checked:
-        files.check_formats_fit(layout_only, formats)
     model = _model_for(args)
     return _each_checked(checked, lambda layout_only: _track_one(layout_only, model, args, formats), "time-lapse(s)")
 

@@ -22,6 +22,7 @@ from ..core.frame_labels import check_ids_fit, smallest_label_dtype
 from ..core.prompts import MAX_OBJ_ID, Prompt, check_prompts_fit
 from ..errors import InputError
 from ..io.prompt_files import Position, read_prompt_file
+from ..io.permissions import as_created
 from ..io.tiff import TiffStack, read_tiff, tiff_stem, write_labels_tiff
 
 DEFAULT_PROMPTS = ("{dir}/{stem}.csv", "{dir}/{stem}.json")
@@ -266,7 +267,7 @@ def _seed_values(plane: np.ndarray, path: Path) -> np.ndarray:
         )
     values = np.unique(plane)
     if values.size and values[0] < 0:
-        raise InputError(f"{path}: seed labels must be 0 (background) or positive object ids, found {values[0]:g}.")
+        raise InputError(f"{path}: seed labels must be 0 (background) or positive object ids, found {values[0]:.0f}.")
     if values.size and values[-1] > MAX_OBJ_ID:
         raise InputError(f"{path}: seed label {values[-1]:.0f} is too large: object ids go up to {MAX_OBJ_ID}.")
     return values[values != 0].astype(np.int64)
@@ -388,6 +389,7 @@ def write_labels(stack: PreparedStack, labels: np.ndarray, overwrite: bool) -> N
     out.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
     os.close(handle)
+    as_created(temporary)
     try:
         unit = {"unit": stack.image.unit} if stack.image.unit else {}
         write_labels_tiff(temporary, labels, letters, stack.image.pixel_sizes, **unit)

@@ -21,8 +21,9 @@ import numpy as np
 from ..core.axes import StackAxes
 from ..core.prompts import Prompt
 from ..errors import InputError
+from ..io.permissions import as_created
 from ..io.tiff import TiffStack, read_tiff, tiff_stem, write_labels_tiff
-from ..io.track_export import CTC_MAX_LABEL, TRACK_FORMATS
+from ..io.track_export import TRACK_FORMATS
 from .file_segmentation import (
     DEFAULT_PROMPTS,
     SeedLabels,
@@ -191,15 +192,6 @@ def with_pixels(stack: PreparedTimelapse) -> PreparedTimelapse:
     return replace(stack, image=_laid_out(read_tiff(stack.job.stack), stack.axes))
 
 
-def check_formats_fit(stack: PreparedTimelapse, formats: Sequence[str]) -> None:
-    """CTC masks are 16-bit: refuse given ids above 65535 before any work (daughters get ids above them)."""
-    if "ctc" in formats and stack.largest_id > CTC_MAX_LABEL:
-        raise InputError(
-            f"{stack.job.stack}: object id {stack.largest_id} does not fit the CTC format's 16-bit masks (ids up to "
-            f"{CTC_MAX_LABEL}); renumber the seeds, or leave ctc out of --formats."
-        )
-
-
 def track_prepared(
     stack: PreparedTimelapse,
     model,
@@ -240,6 +232,7 @@ def write_track_outputs(stack: PreparedTimelapse, tracks, formats: Sequence[str]
     names = outputs_of(formats)
     folder.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    as_created(temporary)  # it becomes the result folder
     try:
         axes = stack.axes
         labels = _in_stack_layout(np.asarray(tracks.labels), axes, stack.position)

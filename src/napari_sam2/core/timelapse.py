@@ -44,6 +44,7 @@ def automatic_seeds(session: TrackingSession, frame: int, progress: Callable[[in
     if no object is found."""
     from ..engine.auto_masks import AutomaticMaskGenerator, to_label_image
 
+    check_auto_options(options)
     if not 0 <= frame < session.n_frames:
         raise InputError(f"The seed frame {frame} is not a frame of the stack (0 to {session.n_frames - 1}).")
     generator = AutomaticMaskGenerator(session.model, **options)
@@ -51,10 +52,35 @@ def automatic_seeds(session: TrackingSession, frame: int, progress: Callable[[in
     labels = to_label_image(masks, session.frame_size)
     if not labels.any():
         raise InputError(
-            f"No object found on frame {frame}: lower pred_iou_thresh or stability_score_thresh, or seed from "
-            "labels or clicks."
+            f"No object found on frame {frame}: lower the IoU and stability thresholds (pred_iou_thresh and "
+            "stability_score_thresh; --pred-iou-thresh and --stability-score-thresh on the command line; IoU and "
+            "Stability in the widget), or seed from labels or clicks."
         )
     return labels.astype(LABEL_DTYPE, copy=False)
+
+
+def check_auto_options(options: dict) -> None:
+    """InputError for a name that is not a parameter of the automatic mask generator (a typo would otherwise fail
+    only once the model is loaded)."""
+    import inspect
+
+    from ..engine.auto_masks import AutomaticMaskGenerator
+
+    known = [name for name in inspect.signature(AutomaticMaskGenerator).parameters if name != "model"]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise InputError(f"Unknown automatic seeding option(s) {unknown}: the options are {', '.join(known)}.")
+
+
+def check_division_frames(min_division_frames) -> int:
+    """``min_division_frames`` as an int >= 1, or InputError."""
+    if isinstance(min_division_frames, bool) or not isinstance(min_division_frames, (int, np.integer)) or (
+            min_division_frames < 1):
+        raise InputError(
+            "min_division_frames must be a whole number of 1 or more (how many frames the two parts of a mask must "
+            f"last to be a division), got {min_division_frames!r}."
+        )
+    return int(min_division_frames)
 
 
 def track_timelapse(session: TrackingSession, prompts: Sequence[Prompt], *, divisions: bool = True,

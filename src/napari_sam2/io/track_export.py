@@ -19,6 +19,7 @@ import tifffile
 
 from ..core.lineage import Lineage, check_labels
 from ..errors import InputError
+from .permissions import as_created
 
 CTC_MAX_LABEL = np.iinfo(np.uint16).max
 
@@ -28,8 +29,9 @@ def write_ctc(labels, lineage: Lineage, folder, *, overwrite: bool = False) -> P
 
     ``res_track.txt`` has one line ``L B E P`` per track segment: track id, first and last frame, parent track id
     (0 for none). Where the lineage split a label at gaps, the masks carry the segments' track ids, so every track
-    is present on each frame from B to E as CTC requires. Masks are named ``mask%03d.tif``, ``mask%04d.tif`` for
-    more than 1000 frames.
+    is present on each frame from B to E as CTC requires. CTC masks are 16-bit: when a track id is above 65535
+    (e.g. daughters of seeds with large ids), the tracks are numbered 1, 2, ... in the order of their ids, in the
+    masks and ``res_track.txt`` alike. Masks are named ``mask%03d.tif``, ``mask%04d.tif`` for more than 1000 frames.
 
     Args:
         labels: (T, Y, X) or (T, Z, Y, X) label series the lineage was built from (``build_lineage(labels)``).
@@ -41,31 +43,28 @@ def write_ctc(labels, lineage: Lineage, folder, *, overwrite: bool = False) -> P
         The folder.
 
     Raises:
-        InputError: bad labels, a label or track id above 65535 (CTC masks are uint16), labels and lineage that do
-            not match, or an existing non-empty folder without ``overwrite``.
+        InputError: bad labels, more than 65535 tracks (CTC masks are uint16), labels and lineage that do not match,
+            or an existing non-empty folder without ``overwrite``.
     """
-    labels = _fitting_labels(labels, lineage, "CTC masks are")
+    labels = _fitting_labels(labels, lineage)
+    ids = sorted(segment.track_id for segment in lineage.segments)
+    if len(ids) > CTC_MAX_LABEL:
+        raise InputError(f"CTC masks are 16-bit: {len(ids)} tracks are more than the {CTC_MAX_LABEL} they can hold.")
+    renumber = None if not ids or ids[-1] <= CTC_MAX_LABEL else {track_id: i for i, track_id in enumerate(ids, 1)}
     digits = 3 if len(labels) <= 1000 else 4
     with _atomic_folder(Path(folder), overwrite) as temporary:
-        for t, frame in enumerate(segment_masks(labels, lineage)):
+        for t, frame in enumerate(segment_masks(labels, lineage, renumber)):
             tifffile.imwrite(temporary / f"mask{t:0{digits}d}.tif", frame)
-        lines = [
-            f"{s.track_id} {s.first} {s.last} {s.parent}\n" for s in sorted(lineage.segments, key=lambda s: s.track_id)
-        ]
+        named = {0: 0, **(renumber or {i: i for i in ids})}
+        lines = [f"{named[s.track_id]} {s.first} {s.last} {named[s.parent]}\n"
+                 for s in sorted(lineage.segments, key=lambda s: s.track_id)]
         (temporary / "res_track.txt").write_text("".join(lines))
     return Path(folder)
 
 
-def _fitting_labels(labels, lineage: Lineage, what: str) -> np.ndarray:
-    """The labels, checked: ids that fit 16 bits, and the lineage built from them."""
+def _fitting_labels(labels, lineage: Lineage) -> np.ndarray:
+    """The labels, checked, and the lineage built from them (as many frames and axes)."""
     labels = check_labels(labels)
-    track_ids = [segment.track_id for segment in lineage.segments]
-    highest = max([int(labels.max()) if labels.size else 0, *track_ids])
-    if highest > CTC_MAX_LABEL:
-        raise InputError(
-            f"{what} 16-bit: label or track id {highest} is above {CTC_MAX_LABEL}. "
-            "Relabel the objects with smaller ids (e.g. skimage.segmentation.relabel_sequential) first."
-        )
     beyond = any(segment.last >= len(labels) for segment in lineage.segments)
     if beyond or (lineage.tracks.size and lineage.tracks.shape[1] != labels.ndim + 1):
         raise InputError(
@@ -75,26 +74,23 @@ def _fitting_labels(labels, lineage: Lineage, what: str) -> np.ndarray:
     return labels
 
 
-def segment_masks(labels, lineage: Lineage):
-    """Each frame of ``labels`` (uint16) with every object's pixels holding its track segment's id (the label itself,
-    or for a label split at gaps, its later segments' ids): the masks of a CTC result, and the GEFF's segmentation.
-    InputError where a frame's labels do not match the lineage's tracks."""
-    lut = np.arange(CTC_MAX_LABEL + 1, dtype=np.uint16)
+def segment_masks(labels, lineage: Lineage, renumber: dict[int, int] | None = None):
+    """Each frame of ``labels`` with every object's pixels holding its track segment's id (the label itself, or for
+    a label split at gaps, its later segments' ids; ``renumber`` maps track ids to other ids): the masks of a CTC
+    result, and the GEFF's segmentation. uint16 when every id fits, else uint32. InputError where a frame's labels do
+    not match the lineage's tracks."""
+    named = {0: 0, **{s.track_id: (renumber[s.track_id] if renumber else s.track_id) for s in lineage.segments}}
+    dtype = np.uint16 if max(named.values()) <= CTC_MAX_LABEL else np.uint32
     for t, frame in enumerate(labels):
-        frame = frame.astype(np.intp, copy=False)
-        covering = [s for s in lineage.segments if s.first <= t <= s.last]
-        present = np.flatnonzero(np.bincount(frame.ravel(), minlength=1))
-        if sorted(s.label for s in covering) != present[present != 0].tolist():
+        covering = {s.label: s.track_id for s in lineage.segments if s.first <= t <= s.last}
+        values, inverse = np.unique(frame, return_inverse=True)
+        if sorted(covering) != values[values != 0].tolist():
             raise InputError(
                 f"The labels on frame {t} do not match the lineage's tracks; build the lineage from these "
                 "labels (build_lineage(labels)) and write them together."
             )
-        renamed = [s for s in covering if s.track_id != s.label]
-        for segment in renamed:
-            lut[segment.label] = segment.track_id
-        yield lut[frame]
-        for segment in renamed:
-            lut[segment.label] = segment.label
+        out = np.array([named[covering.get(v, 0)] for v in values.tolist()], dtype)
+        yield out[inverse].reshape(frame.shape)
 
 
 def write_geff(
@@ -153,7 +149,7 @@ def write_geff(
         raise InputError(f"scale must be positive sizes; got {scale!r}.")
 
     if labels is not None:
-        labels = _fitting_labels(labels, lineage, "The GEFF's segmentation is")
+        labels = _fitting_labels(labels, lineage)
     label_of = lineage.labels()
     graph = nx.DiGraph()
     track = tracks[:, 0].astype(np.int64)
@@ -269,6 +265,7 @@ def _atomic_file(path: Path):
     """A text file open at a temporary name beside ``path``, renamed to ``path`` when the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f"{path.name}.tmp-", dir=path.parent)
+    as_created(temporary)
     try:
         with os.fdopen(descriptor, "w", newline="", encoding="utf-8") as file:
             yield file
@@ -288,6 +285,7 @@ def _atomic_folder(folder: Path, overwrite: bool, create: bool = True):
         raise InputError(f"{folder} already exists; choose another output or pass overwrite=True.")
     folder.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f"{folder.name}.tmp-", dir=folder.parent))
+    as_created(temporary)
     staged = temporary if create else temporary / folder.name
     try:
         yield staged
