@@ -321,7 +321,8 @@ def _add_seed_label_options(command) -> None:
         "template such as '{dir}/{stem}_seeds.tif'",
     )
     command.add_argument(
-        "--seed-frame", type=_frame_number, metavar="N", help="the frame the seeds are on (default 0)"
+        "--seed-frame", type=_frame_number, metavar="N",
+        help="the frame the seeds (seed labels, or automatic masks with track's --seed auto) are on (default 0)",
     )
 
 
@@ -446,16 +447,8 @@ def _add_track_commands(subparsers) -> None:
         "--prompts", action="append", metavar="FILE",
         help="prompts file (.csv or .json); once per stack, in order, or one template such as '{dir}/{stem}.csv'",
     )
-    command.add_argument(
-        "--seed-labels", action="append", metavar="FILE",
-        help="label TIFF whose labels on --seed-frame seed objects with those ids; once per stack, in order, or one "
-        "template such as '{dir}/{stem}_seeds.tif'",
-    )
+    _add_seed_label_options(command)
     command.add_argument("--seed", choices=("auto",), help="auto: SAM2's automatic mask generator finds the cells")
-    command.add_argument(
-        "--seed-frame", type=_frame_number, metavar="N",
-        help="the frame the seed labels or automatic masks are on (default 0)",
-    )
     command.add_argument(
         "--points-per-side", type=_positive_int, metavar="K",
         help="with --seed auto: a K x K grid of points to find cells from (default 32; fewer is quicker)",

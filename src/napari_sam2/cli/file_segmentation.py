@@ -21,8 +21,8 @@ from ..core.channels import choose_channels
 from ..core.frame_labels import check_ids_fit, smallest_label_dtype
 from ..core.prompts import MAX_OBJ_ID, Prompt, check_prompts_fit
 from ..errors import InputError
-from ..io.prompt_files import Position, read_prompt_file
 from ..io.permissions import as_created
+from ..io.prompt_files import Position, read_prompt_file
 from ..io.tiff import TiffStack, read_tiff, tiff_stem, write_labels_tiff
 
 DEFAULT_PROMPTS = ("{dir}/{stem}.csv", "{dir}/{stem}.json")
