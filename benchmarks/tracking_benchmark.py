@@ -219,7 +219,10 @@ def _number(name: str, value):
 
 def export_and_score(labels, lineage, gt_folder: Path, out: Path, frame_buffer: int) -> dict:
     write_ctc(labels, lineage, out)
-    scores = score(gt_folder, out, frame_buffer)
+    try:
+        scores = score(gt_folder, out, frame_buffer)
+    except TypeError as error:  # traccuracy refuses a matching its metrics cannot score (masks over several cells)
+        scores = {"scoring_error": str(error)}
     scores["truth"] = track_counts(gt_folder, "man_track.txt")
     scores["result"] = track_counts(out, "res_track.txt")
     return scores

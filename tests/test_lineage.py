@@ -271,3 +271,18 @@ def test_daughters_born_touching_are_found_on_their_first_frame():
     assert left[:, 15:27].all(axis=1)[10:30].all() and not left[:, 31:].any()
     assert right[:, 33:45].all(axis=1)[10:30].all() and not right[:, :29].any()
     assert (left | right).sum() == (labels[2] == 5).sum()
+
+
+def test_two_labels_dividing_on_different_frames_get_their_own_parts():
+    """A division whose run started earlier takes its parts from its own first frame, even when another label's
+    split is found on the same frame."""
+    labels = np.zeros((6, 30, 60), np.int32)
+    labels[:, 2:12, 2:26] = 1  # label 1: one blob, then two parts from frame 1
+    labels[1:, 2:12, 12:16] = 0
+    labels[:, 16:28, 30:58] = 2  # label 2: two parts from frame 3
+    labels[3:, 16:28, 42:46] = 0
+    divisions = find_divisions(labels, min_frames=3)
+    assert [(d.frame, d.label) for d in divisions] == [(1, 1), (3, 2)]
+    for division in divisions:
+        for part in division.parts:
+            assert part.any() and (labels[division.frame][part] == division.label).all()

@@ -205,7 +205,7 @@ def test_ci_runs_the_readme_commands():
     default Qt binding (PyQt6), the binding the test command selects."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = project["optional-dependencies"]
-    assert extras["all"] == ["napari[pyqt6]"]
+    assert extras["all"] == ["napari[pyqt6]", "napari-sam2[tracking]"]  # napari's default Qt, GEFF export
     assert "napari-sam2[all]" in extras["testing"]
     qt = re.compile(r"(?i)^(pyqt|pyside|napari\[(all|pyqt|pyside|qt))")
     assert not [dep for dep in project["dependencies"] if qt.match(dep)], "a plugin must not force a Qt binding"

@@ -21,7 +21,7 @@ def benchmark():
 
 
 def test_the_logic_scores_perfectly_and_the_sam2_path_runs(benchmark, checkpoint_cache, capsys):
-    report = benchmark.main(["--seeds", "0", "--shape", "15,64,80", "--sam2", "--image-size", "256",
+    report = benchmark.main(["--seeds", "0", "--shape", "15,64,80", "--sam2", "--image-size", "128",
                              "--cache", str(checkpoint_cache)])
     assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(report))  # what it prints is the report
     assert report["seeds"] == [0] and report["shape"] == [15, 64, 80] and report["torch"]
@@ -36,9 +36,11 @@ def test_the_logic_scores_perfectly_and_the_sam2_path_runs(benchmark, checkpoint
     assert set(report["cases"]["oracle_pipeline"]["per_seed"]["0"]["division_frames"]) == {"1", "2"}
 
     sam2 = report["cases"]["sam2"]["per_seed"]["0"]
-    assert report["sam2"]["weights"] == "synthetic" and report["sam2"]["image_size"] == 256
+    assert report["sam2"]["weights"] == "synthetic" and report["sam2"]["image_size"] == 128
     assert sam2["frames_tracked"] >= 15 and sam2["seconds_per_frame"] > 0 and sam2["objects_seeded"] == 6
-    assert 0.0 <= sam2["TRA"] <= 1.0 and sam2["truth"] == {"tracks": 11, "divisions": 2}
+    # Random weights: masks may cover several cells, which traccuracy may refuse to score (said in the report).
+    assert (0.0 <= sam2["TRA"] <= 1.0) if "TRA" in sam2 else "matcher" in sam2["scoring_error"]
+    assert sam2["truth"] == {"tracks": 11, "divisions": 2}
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in sam2.values())  # strict JSON: NaN as null
 
 

@@ -177,8 +177,8 @@ def find_divisions(labels, *, min_frames: int = 3, min_part_fraction: float = 0.
             run = runs.setdefault(value, [t, 0, components, part_ids])
             run[1] += 1
             if run[1] == min_frames:
-                start, _, components, ids = run
-                parts = [components == i for i in ids[:2]]
+                start, _, start_components, ids = run  # the run's first frame (not this frame's components)
+                parts = [start_components == i for i in ids[:2]]
                 divisions.append(_pinched_start(labels, value, start, parts, min_part_fraction, pinch_solidity))
     divisions.sort(key=lambda d: (d.frame, d.label))
     return divisions
