@@ -40,6 +40,7 @@ class TimelapsePanel(Container):
         self.parents: dict[int, int] = {}  # daughter id -> mother id, from the last tracking run
         self.lineage: Lineage | None = None
         self._tracks_shown_at = 0.0
+        self._tracks_every = TRACKS_REFRESH_S
 
         self.seed_layer = ComboBox(label="Seed layer", choices=self._labels_choices, nullable=True)
         self.seed_button = PushButton(text="Seed from Labels layer")
@@ -179,9 +180,17 @@ class TimelapsePanel(Container):
         """Rebuild the lineage from the SAM2 labels layer and show it as a Tracks layer (throttled while a run
         writes, unless ``force``), with the review list of flagged frames."""
         now = time.monotonic()
-        if not force and now - self._tracks_shown_at < TRACKS_REFRESH_S:
+        if not force and now - self._tracks_shown_at < self._tracks_every:
             return
         self._tracks_shown_at = now
+        try:
+            self._rebuild_tracks()
+        finally:
+            # On a big stack a rebuild takes a while: refreshes then come more seldom, so that they never take more
+            # than a tenth of the run's time.
+            self._tracks_every = max(TRACKS_REFRESH_S, 10 * (time.monotonic() - now))
+
+    def _rebuild_tracks(self) -> None:
         series = self._owner.label_series()
         if series is None:
             return
