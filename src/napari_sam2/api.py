@@ -138,8 +138,6 @@ def stream_stack(
     # Check the data and prompts before loading a model, which may mean a long download.
     probe = StackFrames(stack, prefetch=0, image_size=1, **frame_options)
     prompts = all_prompts(prompts, seed_labels, seed_frame, len(probe), probe.original_size)
-    check_prompts_fit(prompts, len(probe), probe.original_size)
-    group_prompts(prompts, probe.original_size)  # one box and one mask per object and frame
 
     session = TrackingSession(stack, model=model, device=device, preprocessing=preprocessing, fast=fast,
                               **frame_options)
@@ -246,12 +244,8 @@ def track_stack(
         fixed_indices=fixed_indices,
     )
     probe = StackFrames(stack, prefetch=0, image_size=1, **frame_options)
-    if seed == "auto" and prompts is None and seed_labels is None:
-        given: list[Prompt] = []
-    else:
-        given = all_prompts(prompts, seed_labels, seed_frame, len(probe), probe.original_size)
-    check_prompts_fit(given, len(probe), probe.original_size)
-    group_prompts(given, probe.original_size) if given else None
+    given = all_prompts(prompts, seed_labels, seed_frame, len(probe), probe.original_size,
+                        required=prompts is not None or seed != "auto")  # seed="auto" alone needs no prompt
     with TrackingSession(stack, model=model, device=device, preprocessing=preprocessing, fast=fast,
                          **frame_options) as session:
         if seed == "auto":
@@ -297,14 +291,19 @@ def precompute_features(
         return session.n_frames
 
 
-def all_prompts(prompts, seed_labels, seed_frame: int, n_frames: int, frame_size: tuple[int, int]) -> list[Prompt]:
-    """The given prompts and one mask prompt per label of ``seed_labels`` on ``seed_frame`` (core.seeding), checked:
-    at least one in all, ids that fit the int32 labels."""
+def all_prompts(prompts, seed_labels, seed_frame: int, n_frames: int, frame_size: tuple[int, int],
+                required: bool = True) -> list[Prompt]:
+    """The given prompts and one mask prompt per label of ``seed_labels`` on ``seed_frame`` (core.seeding), checked
+    against the stack before any model is loaded: at least one in all (unless not ``required``), on its frames and
+    image, ids that fit the int32 labels."""
     given = [] if prompts is None else prompts
-    prompts = prompt_list(given) if given or seed_labels is None else []
+    prompts = prompt_list(given) if given or (seed_labels is None and required) else []
     if seed_labels is not None:
         prompts = prompts + seed_prompts(seed_labels, seed_frame, n_frames, frame_size)
+    check_prompts_fit(prompts, n_frames, frame_size)
     check_ids_fit((prompt.obj_id for prompt in prompts), LABEL_DTYPE)  # label value = obj_id, exactly
+    if prompts:
+        group_prompts(prompts, frame_size)  # one box and one mask per object and frame
     return prompts
 
 

@@ -94,7 +94,8 @@ def track_timelapse(session: TrackingSession, prompts: Sequence[Prompt], *, divi
     a callback: nothing is returned then."""
     labels = np.zeros((session.n_frames, *session.frame_size), LABEL_DTYPE)
     counter = _Progress(progress)
-    steps = timelapse_steps(session, prompts, divisions=divisions, min_division_frames=min_division_frames)
+    steps = timelapse_steps(session, prompts, divisions=divisions, min_division_frames=min_division_frames,
+                            labels=labels)
     while True:
         try:
             item = next(steps)
@@ -103,7 +104,6 @@ def track_timelapse(session: TrackingSession, prompts: Sequence[Prompt], *, divi
         if isinstance(item, RunPlanned):
             counter.add(item.frames)
             continue
-        _write_objects(labels[item.frame], item)
         if not isinstance(item, Ended):
             counter.frame_done(item.frame)
         if on_frame is not None:
@@ -123,15 +123,18 @@ class RunPlanned:
 
 
 def timelapse_steps(session: TrackingSession, prompts: Sequence[Prompt], *, divisions: bool = True,
-                    min_division_frames: int = 3) -> Generator[FrameLabels | RunPlanned, None, TimelapseTracks]:
+                    min_division_frames: int = 3,
+                    labels: np.ndarray | None = None) -> Generator[FrameLabels | RunPlanned, None, TimelapseTracks]:
     """``track_timelapse`` one step at a time, for callers that write results themselves (the napari widget): yields
     a RunPlanned as each run starts and the FrameLabels of each frame (the objects it names replace their own
     pixels; an Ended, a mother's empty mask after her division, clears her from that frame); returns the
     TimelapseTracks.
-    ``prompts`` are added to the session first (none: the session's prompts as they are)."""
+    ``prompts`` are added to the session first (none: the session's prompts as they are). ``labels``: the
+    (T, H, W) int32 array the results are written into before each is yielded (default: a new one)."""
     if prompts:
         session.add_prompts(prompts)
-    labels = np.zeros((session.n_frames, *session.frame_size), LABEL_DTYPE)
+    if labels is None:
+        labels = np.zeros((session.n_frames, *session.frame_size), LABEL_DTYPE)
     yield from _run(session.propagate("both"), labels)
     found: dict[int, tuple[int, tuple[int, int]]] = {}
     if divisions:
