@@ -29,8 +29,8 @@ def _debug_capture(tracker, scenario):
         state["frame"] = frame_idx
         return orig_track(frame_idx, objects, reverse)
 
-    def condition(features, *args):
-        pix = orig_condition(features, *args)
+    def condition(features, *args, **kwargs):
+        pix = orig_condition(features, *args, **kwargs)
         if [state["call"], state["frame"]] == list(capture[:2]) and state["pix"] is None:
             state["pix"] = pix[capture[2] : capture[2] + 1].clone()
         return pix

@@ -71,3 +71,70 @@ def test_position_embedding_is_computed_once_and_follows_the_weights(trunk):
         trunk.pos_embed.sub_(1.0)
     with torch.enable_grad():  # never handed to autograd from the cache
         assert trunk._pos_embed((16, 16)) is not trunk._pos_cache[1]
+
+
+@pytest.fixture(scope="module")
+def model128():
+    torch.manual_seed(0)
+    model = build_model(get_config("sam2.1_hiera_t").with_(image_size=128)).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    return model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_complex_product_has_the_bits_of_the_real_arithmetic(dtype):
+    """apply_rope multiplies complex numbers (Meta's way, one kernel); MPS runs the real formula: the same bits."""
+    from napari_sam2.engine.blocks import apply_rope, axial_rope_angles, rotate_pairs_real
+
+    angles = axial_rope_angles(32, 4, 4)
+    rotation = torch.polar(torch.ones_like(angles), angles)
+    cos, sin = rotation.real.contiguous(), rotation.imag.contiguous()
+    keys = torch.randn(2, 1, 3 * 16 + 5, 32).to(dtype)[:, :, : 3 * 16]  # a slice, as the memory's keys are
+    out = apply_rope(keys, cos, sin, repeat=3)
+    pairs = keys.float().reshape(2, 1, 48, 16, 2)
+    expected = rotate_pairs_real(pairs, cos.repeat(3, 1), sin.repeat(3, 1)).flatten(-2).to(dtype)
+    assert out.dtype == dtype and torch.equal(out, expected)
+
+
+def test_shared_first_self_attention_gives_the_same_bits(model128):
+    """Objects tracked one by one on a frame share the first layer's self-attention: exactly what each computes."""
+    attention = model128.memory_attention
+    curr, curr_pos = torch.randn(1, 64, 256), torch.randn(1, 64, 256)
+    memory, memory_pos = torch.randn(1, 3 * 64 + 4, 64), torch.randn(1, 3 * 64 + 4, 64)
+    with torch.no_grad():
+        alone = attention(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=4)
+        first = attention.first_self_attention(curr, curr_pos)
+        kept = first.clone()
+        shared = attention(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=4, first=first)
+        batch = attention(curr.expand(2, -1, -1), curr_pos.expand(2, -1, -1), memory.expand(2, -1, -1),
+                          memory_pos.expand(2, -1, -1), num_obj_ptr_tokens=4, first=first)
+    assert torch.equal(shared, alone)
+    assert torch.equal(first, kept)  # the shared tensor is read, never written
+    torch.testing.assert_close(batch, alone.expand(2, -1, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_broadcasts_one_image_over_many_prompt_sets(model128):
+    """One image's embedding decoded for B prompt sets equals decoding each set with its own copy (Meta repeats the
+    embedding); the position encoding is computed once and follows the weights."""
+    encoder, decoder = model128.sam_prompt_encoder, model128.sam_mask_decoder
+    image = torch.randn(1, 256, 8, 8)
+    high_res = (torch.randn(1, 32, 32, 32), torch.randn(1, 64, 16, 16))
+    points = (torch.rand(3, 2, 2) * 128, torch.tensor([[1, 0], [1, 1], [0, 1]], dtype=torch.int32))
+    with torch.no_grad():
+        pe = encoder.get_dense_pe()
+        assert encoder.get_dense_pe() is pe
+        sparse, dense = encoder(points=points)
+        together = decoder(image, pe, sparse, dense, multimask_output=True, high_res_features=high_res)
+        for i in range(3):
+            one = decoder(image, pe, sparse[i : i + 1], dense[i : i + 1], multimask_output=True,
+                          high_res_features=high_res)
+            for a, b in zip(together, one):
+                torch.testing.assert_close(a[i : i + 1], b, rtol=1e-5, atol=1e-5)
+        matrix = encoder.pe_layer.positional_encoding_gaussian_matrix
+        matrix.mul_(2.0)  # weights changed in place, as load_state_dict does
+        try:
+            changed = encoder.get_dense_pe()
+            assert changed is not pe and torch.equal(changed, encoder.pe_layer(encoder.image_embedding_size)[None])
+        finally:
+            matrix.div_(2.0)

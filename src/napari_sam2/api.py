@@ -16,13 +16,13 @@ from .core.channels import RGBA_SAMPLES, default_channels
 from .core.frame_labels import LABEL_DTYPE, FrameLabels, check_ids_fit
 from .core.frames import StackFrames
 from .core.image_segmenter import ImageSegmenter
+from .core.lineage import check_min_frames
 from .core.prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
 from .core.seeding import seed_prompts
 from .core.timelapse import (
     TimelapseTracks,
     automatic_seeds,
     check_auto_options,
-    check_division_frames,
     track_timelapse,
 )
 from .core.tracking import DIRECTIONS, Propagation, TrackingSession
@@ -238,7 +238,7 @@ def track_stack(
     if auto_options is not None and seed != "auto":
         raise InputError("auto_options are the automatic seeding's parameters: give them with seed='auto'.")
     check_auto_options(auto_options or {})
-    min_division_frames = check_division_frames(min_division_frames)
+    min_division_frames = check_min_frames(min_division_frames, "min_division_frames")
     frame_options = dict(
         axis=axis, channel_axis=channel_axis, channels=channels, intensity_range=intensity_range,
         fixed_indices=fixed_indices,

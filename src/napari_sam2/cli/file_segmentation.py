@@ -126,11 +126,11 @@ def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | 
         )
         for index, stack in enumerate(stacks)
     ]
-    inputs = {_identity(job.stack) for job in jobs}
-    seed_files = {_identity(job.seed_labels): job.stack for job in jobs if job.seed_labels is not None}
+    inputs = {file_identity(job.stack) for job in jobs}
+    seed_files = {file_identity(job.seed_labels): job.stack for job in jobs if job.seed_labels is not None}
     seen: dict[Path, Path] = {}
     for job in jobs:
-        identity = _identity(job.out)
+        identity = file_identity(job.out)
         if identity in inputs:
             raise InputError(f"The output {job.out} is one of the input stacks; choose another --out.")
         if identity in seed_files:
@@ -160,7 +160,7 @@ def prepare_stack(job: FileJob, axis=None, channels: Sequence[int] | None = None
     """
     image = read_tiff(job.stack, pixels=pixels)
     axes, chosen = stack_layout(job.stack, image, axis, channels)
-    image = _laid_out(image, axes)
+    image = laid_out(image, axes)
     runs = read_prompts(job.prompts, axes)
     seeds = None
     if job.seed_labels is not None:
@@ -275,10 +275,10 @@ def _seed_values(plane: np.ndarray, path: Path) -> np.ndarray:
 
 def with_pixels(stack: PreparedStack) -> PreparedStack:
     """The stack checked by ``prepare_stack(..., pixels=False)``, now with its pixels (memory-mapped where possible)."""
-    return replace(stack, image=_laid_out(read_tiff(stack.job.stack), stack.axes))
+    return replace(stack, image=laid_out(read_tiff(stack.job.stack), stack.axes))
 
 
-def _laid_out(image: TiffStack, axes: StackAxes) -> TiffStack:
+def laid_out(image: TiffStack, axes: StackAxes) -> TiffStack:
     """The image with the axes ``axes`` describes: a single plane gets its frame axis of length 1 in front."""
     if not axes.added_frame_axis:
         return image
@@ -342,7 +342,7 @@ def precompute_file(path: Path, model, axis=None, channels: Sequence[int] | None
 
     image = read_tiff(path)
     axes, chosen = stack_layout(path, image, axis, channels)
-    image = _laid_out(image, axes)
+    image = laid_out(image, axes)
     positions = further_positions(axes)
     total = len(positions) * axes.n_frames
     done = 0
@@ -408,7 +408,8 @@ def _chosen_channels(axes: StackAxes, channels) -> tuple[int, ...] | None:
     return choose_channels(axes.shape[axes.channel_axis], channels or None, samples, "--channels ", "0")
 
 
-def _fill(template: str, stack: Path) -> Path:
+def fill_template(template: str, stack: Path) -> Path:
+    """A file name template ({stem}, {name}, {dir}) filled in for one stack."""
     try:
         return Path(template.format(stem=tiff_stem(stack), name=stack.name, dir=str(stack.parent)))
     except (KeyError, IndexError, ValueError) as error:
@@ -418,27 +419,28 @@ def _fill(template: str, stack: Path) -> Path:
         ) from None
 
 
-def _is_template(text: str) -> bool:
+def is_template(text: str) -> bool:
+    """Whether a file option names a template (with placeholders) rather than one file or folder."""
     return "{" in text
 
 
 def without_seed_files(stacks: Sequence[Path], seed_labels: Sequence[str] | None) -> list[Path]:
     """The stacks less those that are another stack's seed labels by the one ``seed_labels`` template: a glob such
     as 'data/*.tif' matches the seed files beside the stacks too."""
-    if not seed_labels or len(seed_labels) != 1 or not _is_template(seed_labels[0]):
+    if not seed_labels or len(seed_labels) != 1 or not is_template(seed_labels[0]):
         return list(stacks)
-    seed_of = {_identity(_fill(seed_labels[0], stack)): stack for stack in stacks}
-    return [stack for stack in stacks if seed_of.get(_identity(stack), stack) == stack]
+    seed_of = {file_identity(fill_template(seed_labels[0], stack)): stack for stack in stacks}
+    return [stack for stack in stacks if seed_of.get(file_identity(stack), stack) == stack]
 
 
 def check_not_own_seeds(stack: Path, seed_labels: Path | None) -> None:
-    if seed_labels is not None and _identity(seed_labels) == _identity(stack):
+    if seed_labels is not None and file_identity(seed_labels) == file_identity(stack):
         raise InputError(f"The seed labels of {stack} would be the stack itself; give its label image.")
 
 
 def default_prompts(stack: Path) -> Path | None:
     """The prompts file beside the stack (STACK.csv, else STACK.json), or None."""
-    return next((path for path in (_fill(template, stack) for template in DEFAULT_PROMPTS) if path.is_file()), None)
+    return next((path for path in (fill_template(template, stack) for template in DEFAULT_PROMPTS) if path.is_file()), None)
 
 
 def _prompts_for(stack: Path, index: int, stacks: Sequence[Path], prompts: Sequence[str] | None,
@@ -449,7 +451,7 @@ def _prompts_for(stack: Path, index: int, stacks: Sequence[Path], prompts: Seque
         found = default_prompts(stack)
         if found is not None:
             return found
-        candidates = [_fill(template, stack) for template in DEFAULT_PROMPTS]
+        candidates = [fill_template(template, stack) for template in DEFAULT_PROMPTS]
         raise InputError(
             f"No prompts for {stack}: give --prompts (or --seed-labels), or put them in {candidates[0]} (napari "
             f"Points CSV) or {candidates[1]}."
@@ -463,8 +465,8 @@ def paired_file(stack: Path, index: int, stacks: Sequence[Path], given: Sequence
     for each stack); None when none is given."""
     if not given:
         return None
-    if len(given) == 1 and _is_template(given[0]):
-        return _fill(given[0], stack)
+    if len(given) == 1 and is_template(given[0]):
+        return fill_template(given[0], stack)
     if len(given) == len(stacks):
         return Path(given[index])
     raise InputError(
@@ -475,9 +477,9 @@ def paired_file(stack: Path, index: int, stacks: Sequence[Path], given: Sequence
 
 def _out_for(stack: Path, stacks: Sequence[Path], out: str | None) -> Path:
     if out is None:
-        return _fill(DEFAULT_OUT, stack)
-    if _is_template(out):
-        return _fill(out, stack)
+        return fill_template(DEFAULT_OUT, stack)
+    if is_template(out):
+        return fill_template(out, stack)
     if os.path.isdir(out) or out.endswith(("/", os.sep)):
         return Path(out) / f"{tiff_stem(stack)}_labels.tif"
     if len(stacks) > 1:
@@ -488,5 +490,6 @@ def _out_for(stack: Path, stacks: Sequence[Path], out: str | None) -> Path:
     return Path(out)
 
 
-def _identity(path: Path) -> Path:
+def file_identity(path: Path) -> Path:
+    """What two paths must share to be the same file (links and relative parts resolved)."""
     return path.resolve()

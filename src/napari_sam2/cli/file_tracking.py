@@ -27,14 +27,14 @@ from ..io.track_export import TRACK_FORMATS
 from .file_segmentation import (
     DEFAULT_PROMPTS,
     SeedLabels,
-    _fill,
-    _identity,
-    _is_template,
-    _laid_out,
     check_not_own_seeds,
     check_seed_frame,
     default_prompts,
+    file_identity,
+    fill_template,
     further_positions,
+    is_template,
+    laid_out,
     paired_file,
     read_prompts,
     read_seed_labels,
@@ -125,19 +125,19 @@ def plan_track_jobs(
         if prompts_file is None and seeds_file is None and not auto:
             prompts_file = default_prompts(stack)
             if prompts_file is None:
-                candidates = " or ".join(str(_fill(template, stack)) for template in DEFAULT_PROMPTS)
+                candidates = " or ".join(str(fill_template(template, stack)) for template in DEFAULT_PROMPTS)
                 raise InputError(
                     f"Nothing to track in {stack}: give the objects with --prompts FILE, --seed-labels FILE (a label "
                     f"image of one frame) or --seed auto (SAM2 finds them), or put prompts in {candidates}."
                 )
         check_not_own_seeds(stack, seeds_file)
-        folder = _fill(out, stack) if _is_template(out) else Path(out) / tiff_stem(stack)
+        folder = fill_template(out, stack) if is_template(out) else Path(out) / tiff_stem(stack)
         jobs.append(TrackJob(stack, prompts_file, seeds_file, folder))
 
-    inputs = {_identity(path): path for job in jobs for path in (job.stack, job.prompts, job.seed_labels) if path}
+    inputs = {file_identity(path): path for job in jobs for path in (job.stack, job.prompts, job.seed_labels) if path}
     seen: dict[Path, Path] = {}
     for job in jobs:
-        identity = _identity(job.out)
+        identity = file_identity(job.out)
         if identity in seen:
             raise InputError(
                 f"{seen[identity]} and {job.stack} would both be written to {job.out}; use a folder (each time-lapse "
@@ -147,7 +147,7 @@ def plan_track_jobs(
         if identity in inputs or job.out.is_file():
             raise InputError(f"The output folder {job.out} is a file; choose another --out.")
         for name in ALL_OUTPUTS:
-            if _identity(job.out / name) in inputs:
+            if file_identity(job.out / name) in inputs:
                 raise InputError(f"The output {job.out / name} is one of the input files; choose another --out.")
         existing = [str(job.out / name) for name in ALL_OUTPUTS if os.path.lexists(job.out / name)]
         if existing and not overwrite:
@@ -171,7 +171,7 @@ def prepare_timelapse(job: TrackJob, axis=None, channels: Sequence[int] | None =
     if axis is None and "T" in image.axes.upper():
         axis = "t"  # a time-lapse is tracked through time, even where the file has other axes too
     axes, chosen = stack_layout(job.stack, image, axis, channels)
-    image = _laid_out(image, axes)
+    image = laid_out(image, axes)
     positions = further_positions(axes)
     if len(positions) > 1:
         further = ", ".join(axes.letters[axis].lower() for axis, _ in positions[0])
@@ -189,7 +189,7 @@ def prepare_timelapse(job: TrackJob, axis=None, channels: Sequence[int] | None =
 
 def with_pixels(stack: PreparedTimelapse) -> PreparedTimelapse:
     """The time-lapse checked by ``prepare_timelapse(..., pixels=False)``, now with its pixels."""
-    return replace(stack, image=_laid_out(read_tiff(stack.job.stack), stack.axes))
+    return replace(stack, image=laid_out(read_tiff(stack.job.stack), stack.axes))
 
 
 def track_prepared(

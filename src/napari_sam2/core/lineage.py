@@ -138,6 +138,17 @@ def frame_stats(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values.astype(np.int64), areas, centroids
 
 
+def check_min_frames(value, name: str = "min_frames") -> int:
+    """How many frames the two parts of a mask must last to be a division: ``value`` as an int >= 1, or InputError
+    naming the parameter ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(
+            f"{name} must be a whole number of 1 or more (how many frames the two parts of a mask must last to be a "
+            f"division), got {value!r}."
+        )
+    return int(value)
+
+
 def find_divisions(labels, *, min_frames: int = 3, min_part_fraction: float = 0.15,
                    pinch_solidity: float = 0.92) -> list[Division]:
     """Divisions the way SAM2 shows them: one label's mask splitting into lasting parts.
@@ -162,8 +173,7 @@ def find_divisions(labels, *, min_frames: int = 3, min_part_fraction: float = 0.
         InputError: bad labels or parameters.
     """
     labels = check_labels(labels)
-    if int(min_frames) != min_frames or min_frames < 1:
-        raise InputError(f"min_frames must be a whole number >= 1; got {min_frames!r}.")
+    min_frames = check_min_frames(min_frames)
     if not 0 < min_part_fraction <= 0.5:
         raise InputError(f"min_part_fraction must be in (0, 0.5]; got {min_part_fraction!r}.")
     divisions: list[Division] = []

@@ -72,17 +72,6 @@ def check_auto_options(options: dict) -> None:
         raise InputError(f"Unknown automatic seeding option(s) {unknown}: the options are {', '.join(known)}.")
 
 
-def check_division_frames(min_division_frames) -> int:
-    """``min_division_frames`` as an int >= 1, or InputError."""
-    if isinstance(min_division_frames, bool) or not isinstance(min_division_frames, (int, np.integer)) or (
-            min_division_frames < 1):
-        raise InputError(
-            "min_division_frames must be a whole number of 1 or more (how many frames the two parts of a mask must "
-            f"last to be a division), got {min_division_frames!r}."
-        )
-    return int(min_division_frames)
-
-
 def track_timelapse(session: TrackingSession, prompts: Sequence[Prompt], *, divisions: bool = True,
                     min_division_frames: int = 3, progress: Callable[[int, int], None] | None = None,
                     on_frame: Callable[[np.ndarray, int], None] | None = None) -> TimelapseTracks:

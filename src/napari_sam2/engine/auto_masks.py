@@ -470,7 +470,7 @@ class AutomaticMaskGenerator:
             sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
             low_res, ious, _, _ = model.sam_mask_decoder(
                 image_embed, model.sam_prompt_encoder.get_dense_pe(), sparse, dense,
-                multimask_output=multimask, high_res_features=high_res, repeat_image=coords.shape[0] > 1,
+                multimask_output=multimask, high_res_features=high_res,
             )
         return low_res.float(), ious.float()
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .blocks import MLP, Attention, LayerNorm2d
+from .blocks import MLP, Attention, LayerNorm2d, activate_
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -31,11 +31,10 @@ class TwoWayAttentionBlock(nn.Module):
             q = queries + query_pe
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
-        q, k = queries + query_pe, keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        k = keys + key_pe  # keys change only at the block's end: one sum serves both cross-attentions
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
-        q, k = queries + query_pe, keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
         return queries, keys
 
 
@@ -54,10 +53,11 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(dim)
 
     def forward(self, image_embedding, image_pe, point_embedding):
-        """image_embedding and image_pe (B, C, h, w), point_embedding (B, N, C) -> tokens (B, N, C) and image
-        tokens (B, h*w, C)."""
-        image_embedding = image_embedding.flatten(2).permute(0, 2, 1)
-        image_pe = image_pe.flatten(2).permute(0, 2, 1)
+        """image_embedding (B, C, h, w), image_pe (1 or B, C, h, w), point_embedding (B, N, C) -> tokens (B, N, C)
+        and image tokens (B, h*w, C)."""
+        # image tokens made contiguous once: every sum and projection below then runs on contiguous rows
+        image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # a no-op for the prompt encoder's own PE
         queries, keys = point_embedding, image_embedding
         for layer in self.layers:
             queries, keys = layer(queries, keys, point_embedding, image_pe)
@@ -117,12 +117,14 @@ class MaskDecoder(nn.Module):
         self.stability_thresh = dynamic_multimask_stability_thresh
 
     def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-                multimask_output, high_res_features, repeat_image=False):
-        """Returns mask logits (B, M, 4h, 4w), IoU predictions (B, M), the SAM output tokens
+                multimask_output, high_res_features, repeat_image=None):
+        """image_embeddings (1 or B, C, h, w); image_pe (1, C, h, w); sparse (B, N, C) and dense (B, C, h, w) prompt
+        embeddings. repeat_image: Meta's flag for an image batch of 1 with B prompt sets, accepted for its callers and
+        not needed (that batch broadcasts). Returns mask logits (B, M, 4h, 4w), IoU predictions (B, M), the SAM output tokens
         (B, M', C) for object pointers, and object score logits (B, 1); M = 3 or 1."""
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-            high_res_features, repeat_image,
+            high_res_features,
         )
         if multimask_output:
             masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
@@ -135,26 +137,25 @@ class MaskDecoder(nn.Module):
             sam_tokens_out = mask_tokens_out[:, 0:1]
         return masks, iou_pred, sam_tokens_out, object_score_logits
 
-    def _predict(self, image_embeddings, image_pe, sparse, dense, high_res_features, repeat_image):
+    def _predict(self, image_embeddings, image_pe, sparse, dense, high_res_features):
         output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
         tokens = torch.cat((output_tokens, sparse), dim=1)
-        if repeat_image:
-            src = torch.repeat_interleave(image_embeddings, tokens.shape[0], dim=0)
-        else:
-            src = image_embeddings
-        src = src + dense
-        pos_src = torch.repeat_interleave(image_pe, tokens.shape[0], dim=0)
+        # an image batch of 1 broadcasts over the prompt sets (Meta repeats it: the same values); the position
+        # encoding broadcasts inside the transformer
+        src = image_embeddings + dense
         b, c, h, w = src.shape
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(src, image_pe, tokens)
         iou_token_out = hs[:, 1, :]
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens, :]
 
+        # the convolutions' own kernels: a matrix product sums in another order, and that rounding, carried by the
+        # memory from frame to frame, leaves Meta's outputs (golden video tolerances)
         src = src.transpose(1, 2).reshape(b, c, h, w)
         up1, norm1, act1, up2, act2 = self.output_upscaling
         feat_s0, feat_s1 = high_res_features  # batch 1 broadcasts over several prompt sets
-        upscaled = act1(norm1(up1(src) + feat_s1))
-        upscaled = act2(up2(upscaled) + feat_s0)
+        upscaled = activate_(act1, norm1(up1(src).add_(feat_s1)))
+        upscaled = activate_(act2, up2(upscaled).add_(feat_s0))
 
         hyper_in = torch.stack(
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1

@@ -95,10 +95,15 @@ class MemoryAttentionLayer(nn.Module):
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, memory, memory_keys, num_k_exclude_rope=0):
-        """memory_keys: memory + its position encoding (the same for every layer, so added once)."""
+    def attend_self(self, tgt):
+        """The self-attention step (its residual included): all that the layer does before it reads the memory."""
         x = self.norm1(tgt)
-        tgt = add_residual_(self.self_attn(x, x, x), tgt)
+        return add_residual_(self.self_attn(x, x, x), tgt)
+
+    def forward(self, tgt, memory, memory_keys, num_k_exclude_rope=0, self_attended=None):
+        """memory_keys: memory + its position encoding (the same for every layer, so added once). self_attended:
+        `attend_self(tgt)` when already known (tgt is then not read)."""
+        tgt = self.attend_self(tgt) if self_attended is None else self_attended
         x = self.norm2(tgt)
         tgt = add_residual_(self.cross_attn_image(x, memory_keys, memory, num_k_exclude_rope=num_k_exclude_rope), tgt)
         x = self.norm3(tgt)
@@ -118,11 +123,19 @@ class MemoryAttention(nn.Module):
         )
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=0):
+    def first_self_attention(self, curr, curr_pos):
+        """The first layer's self-attention on a frame: it reads the frame alone, not the memory, so objects tracked
+        on one frame share it (`forward(..., first=)`). curr, curr_pos (B, HW, C) -> (B, HW, C)."""
+        return self.layers[0].attend_self(curr + 0.1 * curr_pos)
+
+    def forward(self, curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=0, first=None):
         """All inputs batch first: curr (B, HW, C), memory (B, M, mem_dim); the last
-        `num_obj_ptr_tokens` memory tokens are object pointers (no RoPE)."""
-        x = curr + 0.1 * curr_pos
+        `num_obj_ptr_tokens` memory tokens are object pointers (no RoPE). first: `first_self_attention(curr,
+        curr_pos)` when already computed, batch 1 or B (the same values as computing it here)."""
         memory_keys = memory + memory_pos
-        for layer in self.layers:
-            x = layer(x, memory, memory_keys, num_k_exclude_rope=num_obj_ptr_tokens)
+        if first is None:
+            first = self.first_self_attention(curr, curr_pos)
+        x = first.expand(memory.shape[0], -1, -1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, memory, memory_keys, num_k_exclude_rope=num_obj_ptr_tokens, self_attended=x if i == 0 else None)
         return self.norm(x)

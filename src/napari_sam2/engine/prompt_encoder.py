@@ -38,8 +38,16 @@ class PromptEncoder(nn.Module):
         self.no_mask_embed = nn.Embedding(1, embed_dim)
 
     def get_dense_pe(self):
-        """Position encoding (1, C, h, w) of the image embedding grid."""
-        return self.pe_layer(self.image_embedding_size).unsqueeze(0)
+        """Position encoding (1, C, h, w) of the image embedding grid (channels last in memory).
+
+        The same for every image: computed once per device, dtype and value of the random matrix (a checkpoint
+        load changes the matrix in place, which its version counter records). Callers must not change it."""
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        key = (matrix.device, matrix.dtype, matrix.data_ptr(), matrix._version, self.image_embedding_size)
+        if getattr(self, "_dense_pe_key", None) != key:
+            self._dense_pe = self.pe_layer(self.image_embedding_size).unsqueeze(0)
+            self._dense_pe_key = key
+        return self._dense_pe
 
     def _embed_points(self, points, labels, pad: bool):
         points = points + 0.5  # to the pixel centre
