@@ -440,7 +440,8 @@ def check_not_own_seeds(stack: Path, seed_labels: Path | None) -> None:
 
 def default_prompts(stack: Path) -> Path | None:
     """The prompts file beside the stack (STACK.csv, else STACK.json), or None."""
-    return next((path for path in (fill_template(template, stack) for template in DEFAULT_PROMPTS) if path.is_file()), None)
+    candidates = (fill_template(template, stack) for template in DEFAULT_PROMPTS)
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def _prompts_for(stack: Path, index: int, stacks: Sequence[Path], prompts: Sequence[str] | None,

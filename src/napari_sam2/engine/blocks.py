@@ -128,7 +128,7 @@ def apply_rope(x, cos, sin, repeat: int = 1):
     `repeat` times along n, in float32 (under bf16 too, as Meta's code does).
 
     A complex product, as in Meta's code (the same bits as the real arithmetic, in one kernel: 4x quicker on CPU);
-    on MPS, which lacks complex tensors, the real arithmetic.
+    on MPS, where complex tensors are not fully supported, the real arithmetic.
     """
     dtype = x.dtype
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)

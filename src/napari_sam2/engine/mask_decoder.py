@@ -120,8 +120,10 @@ class MaskDecoder(nn.Module):
                 multimask_output, high_res_features, repeat_image=None):
         """image_embeddings (1 or B, C, h, w); image_pe (1, C, h, w); sparse (B, N, C) and dense (B, C, h, w) prompt
         embeddings. repeat_image: Meta's flag for an image batch of 1 with B prompt sets, accepted for its callers and
-        not needed (that batch broadcasts). Returns mask logits (B, M, 4h, 4w), IoU predictions (B, M), the SAM output tokens
-        (B, M', C) for object pointers, and object score logits (B, 1); M = 3 or 1."""
+        not needed (that batch broadcasts).
+
+        Returns mask logits (B, M, 4h, 4w), IoU predictions (B, M), the SAM output tokens (B, M', C) for object
+        pointers, and object score logits (B, 1); M = 3 or 1."""
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
             high_res_features,

@@ -100,10 +100,11 @@ class MemoryAttentionLayer(nn.Module):
         x = self.norm1(tgt)
         return add_residual_(self.self_attn(x, x, x), tgt)
 
-    def forward(self, tgt, memory, memory_keys, num_k_exclude_rope=0, self_attended=None):
-        """memory_keys: memory + its position encoding (the same for every layer, so added once). self_attended:
-        `attend_self(tgt)` when already known (tgt is then not read)."""
-        tgt = self.attend_self(tgt) if self_attended is None else self_attended
+    def forward(self, tgt, memory, memory_keys, num_k_exclude_rope=0, self_attended=False):
+        """memory_keys: memory + its position encoding (the same for every layer, so added once). self_attended: tgt
+        is already `attend_self(tgt)` (shared by the objects tracked on a frame)."""
+        if not self_attended:
+            tgt = self.attend_self(tgt)
         x = self.norm2(tgt)
         tgt = add_residual_(self.cross_attn_image(x, memory_keys, memory, num_k_exclude_rope=num_k_exclude_rope), tgt)
         x = self.norm3(tgt)
@@ -137,5 +138,5 @@ class MemoryAttention(nn.Module):
             first = self.first_self_attention(curr, curr_pos)
         x = first.expand(memory.shape[0], -1, -1)
         for i, layer in enumerate(self.layers):
-            x = layer(x, memory, memory_keys, num_k_exclude_rope=num_obj_ptr_tokens, self_attended=x if i == 0 else None)
+            x = layer(x, memory, memory_keys, num_k_exclude_rope=num_obj_ptr_tokens, self_attended=i == 0)
         return self.norm(x)

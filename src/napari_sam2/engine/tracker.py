@@ -433,10 +433,8 @@ class Tracker:
             mems = [memories[obj.obj_id] for obj in group]
             batch = features.expand(len(group))
             with autocast(self.device):
-                pix = self.model.condition_on_memory(
-                    batch, torch.cat([m.tokens for m in mems]), torch.cat([m.pos for m in mems]), mems[0].num_ptr_tokens,
-                    shared=shared,
-                )
+                memory, memory_pos = torch.cat([m.tokens for m in mems]), torch.cat([m.pos for m in mems])
+                pix = self.model.condition_on_memory(batch, memory, memory_pos, mems[0].num_ptr_tokens, shared=shared)
                 out = self.model.decode(pix, batch.high_res, multimask_output=self._use_multimask(0))
                 maskmem, pos = self.model.encode_memory(batch, out.high_res, out.object_score_logits, binarize=False)
             self._remember_pos(pos)
