@@ -256,3 +256,20 @@ def test_outputs_are_readable_by_others_as_any_new_file(sample, tmp_path):
     for path in [*written, tmp_path / "out" / "RES" / "mask000.tif"]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+def test_segment_masks_are_the_same_for_ids_beyond_the_lookup_table(sample, monkeypatch):
+    """Label ids too large for segment_masks' lookup table take the sorting path: the same masks, and the same
+    refusal of labels that do not match the lineage."""
+    labels, parents = sample
+    lineage = build_lineage(labels, parents, infer_divisions=False)
+    by_table = list(track_export.segment_masks(labels, lineage))
+    monkeypatch.setattr(track_export, "LOOKUP_MAX_LABEL", 0)
+    by_sorting = list(track_export.segment_masks(labels, lineage))
+    assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(by_table, by_sorting, strict=True))
+    wrong = labels.copy()
+    wrong[0][wrong[0] == wrong[0].max()] = 0
+    for table_size in (0, 1 << 22):
+        monkeypatch.setattr(track_export, "LOOKUP_MAX_LABEL", table_size)
+        with pytest.raises(InputError, match="do not match the lineage"):
+            list(track_export.segment_masks(wrong, lineage))
