@@ -246,18 +246,18 @@ class Sam2Model(nn.Module):
 
     # ---- memory ------------------------------------------------------------------------
     def condition_on_memory(self, features: FrameFeatures, memory: torch.Tensor, memory_pos: torch.Tensor,
-                            num_obj_ptr_tokens: int, shared: torch.Tensor | None = None) -> torch.Tensor:
+                            num_obj_ptr_tokens: int, first: torch.Tensor | None = None) -> torch.Tensor:
         """Stride-16 features (B, C, 64, 64) after memory attention to memory (B, M, mem_dim) with position
         encodings memory_pos (B, M, mem_dim), whose last num_obj_ptr_tokens tokens are object pointers.
-        shared: `memory_free_attention(features)` of this frame, computed once for all its objects."""
+        first: `first_self_attention(features)` of this frame, computed once for all its objects."""
         b, c, h, w = features.vision.shape
         curr = features.vision.flatten(2).transpose(1, 2)
         curr_pos = features.vision_pos.flatten(2).transpose(1, 2)
-        out = self.memory_attention(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens, first=shared)
+        out = self.memory_attention(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens, first=first)
         return out.transpose(1, 2).reshape(b, c, h, w)
 
-    def memory_free_attention(self, features: FrameFeatures) -> torch.Tensor:
-        """The part of the memory attention that reads the frame only (the first layer's self-attention), for one
+    def first_self_attention(self, features: FrameFeatures) -> torch.Tensor:
+        """The part of the memory attention that reads the frame only (its first layer's self-attention), for one
         frame's features (batch 1): what every object tracked on that frame would otherwise compute again."""
         curr = features.vision[:1].flatten(2).transpose(1, 2)
         curr_pos = features.vision_pos[:1].flatten(2).transpose(1, 2)

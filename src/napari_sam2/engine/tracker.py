@@ -425,16 +425,16 @@ class Tracker:
             key = memories[obj.obj_id].layout if self.batch_objects else obj.obj_id
             groups.setdefault(key, []).append(obj)
         outputs = {}
-        shared = None
+        first = None
         if len(groups) > 1:  # objects tracked one by one: the frame-only part of the attention is done once
             with autocast(self.device):
-                shared = self.model.memory_free_attention(features)
+                first = self.model.first_self_attention(features)
         for group in groups.values():
             mems = [memories[obj.obj_id] for obj in group]
             batch = features.expand(len(group))
             with autocast(self.device):
                 memory, memory_pos = torch.cat([m.tokens for m in mems]), torch.cat([m.pos for m in mems])
-                pix = self.model.condition_on_memory(batch, memory, memory_pos, mems[0].num_ptr_tokens, shared=shared)
+                pix = self.model.condition_on_memory(batch, memory, memory_pos, mems[0].num_ptr_tokens, first=first)
                 out = self.model.decode(pix, batch.high_res, multimask_output=self._use_multimask(0))
                 maskmem, pos = self.model.encode_memory(batch, out.high_res, out.object_score_logits, binarize=False)
             self._remember_pos(pos)
