@@ -14,7 +14,9 @@ Figures (seconds unless named otherwise; each the fastest of --repeats runs):
   (ours: `Tracker.repropagate`, outward from the corrected frame, stopping where the masks agree with before, features
   from the cache; Meta: `propagate_in_video`, its way to make a correction stick: the whole stack again).
 - second_run_s_per_frame_<k>_obj: the same prompts tracked again on the same stack in a new tracker / inference state
-  (ours: the features come from the feature cache; Meta computes everything again).
+  (ours: the passes are replayed from the track cache; Meta computes everything again).
+- second_run_features_only_s_per_frame_<k>_obj: ours the same way without the track cache, the features from the
+  feature cache (what a new process finds with the features on disk). Meta's figure for it is its second run.
 - peak_host_mib (VmHWM of the process: both implementations together with --reference) and peak_device_mib.
 With --reference, "speedup" holds Meta's figure / ours for each.
 
@@ -45,6 +47,7 @@ from napari_sam2.engine import Tracker, get_config, load_model  # noqa: E402
 from napari_sam2.engine.devices import autocast_dtype, resolve_device  # noqa: E402
 from napari_sam2.engine.feature_cache import FeatureCache, encode_image  # noqa: E402
 from napari_sam2.engine.host_memory import tune_host_memory  # noqa: E402
+from napari_sam2.engine.track_cache import TrackCache  # noqa: E402
 
 
 class PreparedFrames:
@@ -89,6 +92,7 @@ class Ours:
                                 config=get_config(args.variant).with_(image_size=args.image_size))
         self.frames = frames
         self.cache = FeatureCache(args.cache_mb << 20)
+        self.tracks = TrackCache(args.cache_mb << 20)
 
     def encoder(self):
         self.cache.clear()
@@ -107,15 +111,16 @@ class Ours:
         tracker.close()
         return statistics.median(times)
 
-    def _tracker(self, n_obj):
-        tracker = Tracker(self.model, self.frames, feature_cache=self.cache)
+    def _tracker(self, n_obj, tracks=None):
+        tracker = Tracker(self.model, self.frames, feature_cache=self.cache, track_cache=tracks)
         for obj_id, points in self.frames.prompts(n_obj):
             tracker.add_prompt(0, obj_id, points=points, labels=[1])
         return tracker
 
     def first_and_correction(self, n_obj):
         self.cache.clear()
-        tracker = self._tracker(n_obj)
+        self.tracks.clear()
+        tracker = self._tracker(n_obj, self.tracks)
         t_first, n = timed(lambda: sum(1 for _ in tracker.propagate()))
         mid = len(self.frames) // 2
         tracker.add_prompt(mid, 1, points=correction_click(self.frames, 1, mid), labels=[1])
@@ -123,11 +128,15 @@ class Ours:
         tracker.close()
         return t_first / n, t_re
 
-    def second_run(self, n_obj):
-        tracker = self._tracker(n_obj)  # the same prompts, a new tracker: the cache holds the features
+    def second_run(self, n_obj, replay=True):
+        # the same prompts, a new tracker: the feature cache holds the features, the track cache the passes
+        tracker = self._tracker(n_obj, self.tracks if replay else None)
         t, n = timed(lambda: sum(1 for _ in tracker.propagate()))
         tracker.close()
         return t / n
+
+    def second_run_features_only(self, n_obj):
+        return self.second_run(n_obj, replay=False)
 
 
 class Meta:
@@ -192,6 +201,9 @@ class Meta:
         t, n = timed(lambda: self._propagate(state))
         return t / n
 
+    def second_run_features_only(self, n_obj):
+        return self.second_run(n_obj)  # Meta keeps neither features nor passes: the same second run
+
 
 def measure(sides, args):
     """Every figure of every side, the sides taking turns; the fastest of `repeats` runs counts."""
@@ -210,6 +222,8 @@ def measure(sides, args):
             record(f"propagate_s_per_frame_{n_obj}_obj", [p[0] for p in pairs])
             record(f"repropagate_s_{n_obj}_obj", [p[1] for p in pairs])
             record(f"second_run_s_per_frame_{n_obj}_obj", [side.second_run(n_obj) for side in sides])
+            record(f"second_run_features_only_s_per_frame_{n_obj}_obj",
+                   [side.second_run_features_only(n_obj) for side in sides])
     return figures
 
 
@@ -224,7 +238,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--click-repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--cache-mb", type=int, default=4096, help="our feature cache's memory (MiB)")
+    ap.add_argument("--cache-mb", type=int, default=4096, help="our feature cache's and track cache's memory (MiB)")
     ap.add_argument("--reference", action="store_true", help="also Meta's sam2 package, and the speed-ups")
     ap.add_argument("--cache", default=os.environ.get("NAPARI_SAM2_TEST_CACHE",
                                                       str(Path(tempfile.gettempdir()) / "napari-sam2-bench")))

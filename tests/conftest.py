@@ -22,6 +22,7 @@ DATA = Path(__file__).resolve().parent / "data"
 # in-memory part stays small (the tests' models are mostly 256 px: 1 MiB a frame).
 os.environ.setdefault("NAPARI_SAM2_FEATURES", tempfile.mkdtemp(prefix="napari-sam2-test-features-"))
 os.environ.setdefault("NAPARI_SAM2_FEATURE_CACHE_MB", "256")
+os.environ.setdefault("NAPARI_SAM2_TRACK_CACHE_MB", "256")
 
 
 def pytest_addoption(parser):
@@ -203,11 +204,14 @@ def features(monkeypatch, tmp_path):
 
 
 def clear_feature_memory():
-    """Forget the in-memory features, as a new process would: what is found again comes from the disk store."""
+    """Forget the in-memory features and tracks, as a new process would: features found again come from the disk
+    store, and every pass is computed again."""
     from napari_sam2.core.feature_store import shared_feature_cache
+    from napari_sam2.core.track_store import shared_track_cache
 
-    shared_feature_cache().clear()
-    assert len(shared_feature_cache()) == 0
+    for cache in (shared_feature_cache(), shared_track_cache()):
+        cache.clear()
+        assert len(cache) == 0
 
 
 @pytest.fixture

@@ -236,10 +236,13 @@ def test_the_memory_limit_comes_from_the_environment(monkeypatch):
     from napari_sam2.core import feature_store
 
     monkeypatch.setenv("NAPARI_SAM2_FEATURE_CACHE_MB", "1.5")
-    assert feature_store._memory_limit() == int(1.5 * (1 << 20))
-    monkeypatch.setenv("NAPARI_SAM2_FEATURE_CACHE_MB", "lots")
-    with pytest.raises(InputError, match="NAPARI_SAM2_FEATURE_CACHE_MB"):
-        feature_store._memory_limit()
+    assert feature_store.memory_limit("NAPARI_SAM2_FEATURE_CACHE_MB", 7) == int(1.5 * (1 << 20))
+    monkeypatch.delenv("NAPARI_SAM2_FEATURE_CACHE_MB")
+    assert feature_store.memory_limit("NAPARI_SAM2_FEATURE_CACHE_MB", 7) == 7
+    for bad in ("lots", "-1"):
+        monkeypatch.setenv("NAPARI_SAM2_FEATURE_CACHE_MB", bad)
+        with pytest.raises(InputError, match="NAPARI_SAM2_FEATURE_CACHE_MB"):
+            feature_store.memory_limit("NAPARI_SAM2_FEATURE_CACHE_MB", 7)
     monkeypatch.setenv("NAPARI_SAM2_FEATURES", os.fspath("/some/where"))
     assert str(feature_store.feature_cache_dir()) == "/some/where"
     assert shared_feature_cache().store.folder == feature_store.feature_cache_dir()

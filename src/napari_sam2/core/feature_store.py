@@ -149,7 +149,7 @@ def shared_feature_cache() -> FeatureCache:
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = FeatureCache(_memory_limit(), ZarrFeatureStore(feature_cache_dir()))
+            _shared = FeatureCache(memory_limit("NAPARI_SAM2_FEATURE_CACHE_MB", DEFAULT_MAX_BYTES), ZarrFeatureStore(feature_cache_dir()))
         elif _shared.store.folder != feature_cache_dir():  # NAPARI_SAM2_CACHE changed
             _shared.store = ZarrFeatureStore(feature_cache_dir())
         return _shared
@@ -173,14 +173,16 @@ def precompute_features(model, frames, cache: FeatureCache | None = None) -> Ite
         yield index, key
 
 
-def _memory_limit() -> int:
-    text = os.environ.get("NAPARI_SAM2_FEATURE_CACHE_MB", "").strip()
+def memory_limit(variable: str, default: int) -> int:
+    """A cache's in-memory bound in bytes: the environment variable `variable` in MiB, else `default` bytes;
+    InputError for anything but a number >= 0."""
+    text = os.environ.get(variable, "").strip()
     if not text:
-        return DEFAULT_MAX_BYTES
+        return default
     try:
         mib = float(text)
     except ValueError:
-        raise InputError(f"NAPARI_SAM2_FEATURE_CACHE_MB must be a number of MiB, got {text!r}.") from None
+        raise InputError(f"{variable} must be a number of MiB, got {text!r}.") from None
     if mib < 0:
-        raise InputError(f"NAPARI_SAM2_FEATURE_CACHE_MB must be 0 or more, got {text!r}.")
+        raise InputError(f"{variable} must be 0 or more, got {text!r}.")
     return int(mib * (1 << 20))

@@ -21,12 +21,14 @@ import numpy as np
 
 from ..engine import FrameResult, Sam2Model, Tracker
 from ..engine.feature_cache import FeatureCache
+from ..engine.track_cache import TrackCache
 from ..errors import InputError, translate_out_of_memory
 from ..models.loaded import DEFAULT_MODEL, get_model, preprocessing_for
 from .feature_store import precompute_features, shared_feature_cache
 from .frame_labels import FrameLabels, highest_logit_wins
 from .frames import StackFrames
 from .prompts import DIRECTIONS, EnginePrompt, Prompt, check_prompts_fit, group_prompts, prompt_list
+from .track_store import shared_track_cache
 
 
 class Propagation:
@@ -67,6 +69,10 @@ class TrackingSession:
     ``feature_cache``: where image features are kept and looked up (engine.feature_cache): by default the
     process-wide cache over the on-disk store (core.feature_store.shared_feature_cache), so clicks, corrections,
     further runs and other sessions on the same frames never run the image encoder twice; None for none.
+    ``track_cache``: where each object's passes are kept and looked up (engine.track_cache): by default the
+    process-wide cache (core.track_store.shared_track_cache), so a run with the same prompts on the same frames, in
+    this session or another, replays what was tracked instead of tracking it again (a second run, an object added
+    to others already tracked); None for none.
     ``fast``: the model at a 512-px input instead of 1024 (models.loaded.fast_variant): about 5x quicker on a CPU,
     coarser masks.
     """
@@ -85,6 +91,7 @@ class TrackingSession:
         preprocessing=None,
         feature_cache: FeatureCache | None | str = "shared",
         fast: bool = False,
+        track_cache: TrackCache | None | str = "shared",
     ):
         preprocessing = preprocessing_for(model, preprocessing)
         self.model: Sam2Model = get_model(model, device, fast=fast)
@@ -103,7 +110,10 @@ class TrackingSession:
         if feature_cache == "shared":
             feature_cache = shared_feature_cache()
         self.feature_cache: FeatureCache | None = feature_cache
-        self._tracker = Tracker(self.model, _ModelFrames(self.frames), feature_cache=feature_cache)
+        if track_cache == "shared":
+            track_cache = shared_track_cache()
+        self._tracker = Tracker(self.model, _ModelFrames(self.frames), feature_cache=feature_cache,
+                                track_cache=track_cache)
         self._given: dict[tuple[int, int], EnginePrompt] = {}  # (frame, obj_id) -> what the tracker holds
         self._changed: set[tuple[int, int]] = set()  # pairs prompted or changed since the last finished run
         self._stale: set[int] = set()  # objects with prompts deleted since their last run: re-track them whole

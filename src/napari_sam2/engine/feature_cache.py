@@ -16,27 +16,16 @@ memory layout (channels-last where the encoder made them so), in host memory.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from typing import Optional, Protocol
+from typing import Optional
 
 import torch
 import xxhash
 
 from .devices import autocast, autocast_dtype
 from .host_memory import outside_heap
+from .tensor_cache import TensorCache, TensorStore
 
 DEFAULT_MAX_BYTES = 2 << 30  # 128 frames of a 1024-px model
-
-
-class FeatureStore(Protocol):
-    """A second, slower tier behind the in-memory cache (e.g. `napari_sam2.core.feature_store.ZarrFeatureStore`)."""
-
-    def __contains__(self, key: str) -> bool: ...
-
-    def get(self, key: str) -> Optional[tuple]: ...
-
-    def put(self, key: str, tensors: tuple) -> None: ...
 
 
 def feature_key(model, image: torch.Tensor) -> str:
@@ -49,79 +38,14 @@ def feature_key(model, image: torch.Tensor) -> str:
     return f"{model.signature}-{model.device.type}-{str(dtype).removeprefix('torch.')}-{digest.hexdigest()}"
 
 
-class FeatureCache:
-    """A thread-safe LRU of frame features bounded by `max_bytes` of host memory (0 keeps nothing in memory), over
-    an optional `store` (a FeatureStore) that is read when memory misses and, with `write_store`, written with every
-    newly computed frame.
+class FeatureCache(TensorCache):
+    """A TensorCache of frame features: entries are tuples of CPU tensors (vision, high_res_0, high_res_1) under
+    `feature_key`s; `Sam2Model.cacheable` / `features_from` convert from and to FrameFeatures. `store`: e.g.
+    napari_sam2.core.feature_store.ZarrFeatureStore."""
 
-    Entries are tuples of CPU tensors (vision, high_res_0, high_res_1): `Sam2Model.cacheable` / `features_from`
-    convert from and to FrameFeatures.
-    """
-
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, store: Optional[FeatureStore] = None,
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, store: Optional[TensorStore] = None,
                  write_store: bool = False):
-        self.max_bytes = max(0, int(max_bytes))
-        self.store = store
-        self.write_store = write_store
-        self._entries: "OrderedDict[str, tuple]" = OrderedDict()
-        self._bytes = 0
-        self._lock = threading.Lock()
-        self.hits = self.store_hits = self.misses = 0
-
-    @property
-    def nbytes(self) -> int:
-        """Host memory the in-memory entries take, in bytes."""
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, key: str) -> bool:
-        with self._lock:
-            if key in self._entries:
-                return True
-        return self.store is not None and key in self.store
-
-    def get(self, key: str) -> Optional[tuple]:
-        """The entry under `key` (from memory, else from the store, then kept in memory), or None."""
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry
-        entry = None if self.store is None else self.store.get(key)
-        if entry is None:
-            self.misses += 1
-            return None
-        self.store_hits += 1
-        self._remember(key, entry)
-        return entry
-
-    def put(self, key: str, entry: tuple, *, to_store: Optional[bool] = None) -> None:
-        """Keep a newly computed entry; into the store too when `to_store` (default: `write_store`) and it has no
-        such entry yet."""
-        entry = tuple(t.detach() if t.device.type == "cpu" else outside_heap(t.detach().cpu()) for t in entry)
-        self._remember(key, entry)
-        if (self.write_store if to_store is None else to_store) and self.store is not None and key not in self.store:
-            self.store.put(key, entry)
-
-    def clear(self) -> None:
-        """Forget the in-memory entries (the store stays)."""
-        with self._lock:
-            self._entries.clear()
-            self._bytes = 0
-
-    def _remember(self, key: str, entry: tuple) -> None:
-        size = sum(t.numel() * t.element_size() for t in entry)
-        with self._lock:
-            if key in self._entries or size > self.max_bytes:
-                return
-            self._entries[key] = entry
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, old = self._entries.popitem(last=False)
-                self._bytes -= sum(t.numel() * t.element_size() for t in old)
+        super().__init__(max_bytes, store, write_store)
 
 
 @torch.no_grad()

@@ -82,6 +82,9 @@ class ObjectState:
         (Meta's temp_output_dict_per_obj); `Tracker._consolidate_prompts` moves them into cond / non_cond.
     tracked: frame -> whether it was last tracked in reverse (a prompt there is a correction, not a new
         conditioning frame).
+    history: how `non_cond` came to be, for the track cache (engine.track_cache): "" nothing tracked, the key of
+        the last pass when passes alone made it, None when anything else changed it (a correction, a pass cut
+        short); such an object's passes are neither looked up nor kept.
     """
 
     def __init__(self, obj_id: int, store: SpillStore):
@@ -92,6 +95,7 @@ class ObjectState:
         self.temp_cond: "OrderedDict[int, ObjectOutput]" = OrderedDict()
         self.temp_non_cond: "OrderedDict[int, ObjectOutput]" = OrderedDict()
         self.tracked: dict = {}
+        self.history: Optional[str] = ""
 
     def output_on(self, frame_idx) -> Optional[ObjectOutput]:
         """The consolidated output on a frame (conditioning first), None if there is none."""

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .devices import autocast
+from .devices import autocast, autocast_dtype
 from .feature_cache import FeatureCache, encode_image, feature_key
 from .host_memory import outside_heap, release_freed_host_memory
 from .memory_bank import AttendedMemory, gather_memory
@@ -49,6 +49,7 @@ from .object_state import ObjectOutput, ObjectState
 from .postprocess import fill_holes
 from .results import FrameResult, frame_result
 from .spill_store import SpillStore
+from .track_cache import TrackCache, pack, pass_key, pass_prefix, unpack
 from .validation import check_frame_index, check_obj_id, mask_prompt_to_model_space, prompt_to_model_space
 
 __all__ = ["Tracker", "FrameResult"]
@@ -68,7 +69,8 @@ class Tracker:
     def __init__(self, model: Sam2Model, frames, *, keep_frames: Optional[int] = 16,
                  offload_memory_to_cpu: bool = False, non_overlap_masks: bool = False,
                  fill_hole_area: Optional[int] = None, batch_objects: Optional[bool] = None,
-                 memory_folder: Optional[str] = None, feature_cache: Optional[FeatureCache] = None):
+                 memory_folder: Optional[str] = None, feature_cache: Optional[FeatureCache] = None,
+                 track_cache: Optional[TrackCache] = None):
         """keep_frames: tracked frames per object whose memories and masks stay in memory (at least
         num_maskmem - 1); the others are written to a temporary file in `memory_folder` (default: the
         system's temporary folder) and read back when needed, with the same results. None keeps all in
@@ -82,7 +84,11 @@ class Tracker:
 
         feature_cache: where image features are looked up before the image encoder runs and kept after (shared by
         trackers, sessions and, with a disk store, processes: engine.feature_cache); None keeps the last two
-        frames' only."""
+        frames' only.
+
+        track_cache: where each object's passes are kept and looked up (engine.track_cache): a pass this or another
+        tracker already made with the same prompts, history and frames is replayed, not computed; None computes
+        every pass."""
         if len(frames) < 1:
             raise InputError("The stack has no frames to track.")
         cfg = model.config
@@ -101,6 +107,7 @@ class Tracker:
         self._maskmem_pos: Optional[torch.Tensor] = None
         self._spill = SpillStore(self.keep_frames, folder=memory_folder)
         self.feature_cache = feature_cache
+        self.track_cache = track_cache
         self.feature_keys: dict = {}  # frame -> its feature-cache key, once read (the frames never change)
 
     # ---- public API ----------------------------------------------------------------------
@@ -108,6 +115,13 @@ class Tracker:
     def obj_ids(self) -> list[int]:
         """The objects' ids, in the order they were first prompted (the row order of every FrameResult)."""
         return list(self._objects)
+
+    @property
+    def track_settings(self) -> str:
+        """What besides prompts and frames decides a pass's outputs (part of every track-cache key)."""
+        dtype = autocast_dtype(self.device) or torch.float32
+        return (f"{self.model.signature}-{self.device.type}-{dtype}-holes{self.fill_hole_area}-frames{self.num_frames}"
+                f"-batch{self.batch_objects}")
 
     def prompted_frames(self, obj_id: int) -> list[int]:
         """The frames where `obj_id` has prompts (its conditioning frames), in order."""
@@ -242,6 +256,7 @@ class Tracker:
         for kept in (obj.points, obj.cond, obj.temp_cond, obj.temp_non_cond):
             kept.pop(frame_idx, None)
         obj.non_cond.pop(frame_idx)
+        obj.history = None
         if not obj.prompted_frames():
             self.remove_object(obj.obj_id)
 
@@ -252,6 +267,7 @@ class Tracker:
             obj.non_cond.clear()
             obj.temp_non_cond.clear()
             obj.tracked.clear()
+            obj.history = ""
 
     def end_track(self, obj_id: int, last_frame: int) -> None:
         """Forget what `obj_id` tracked after `last_frame` (a cell that divided, whose daughters are tracked as
@@ -268,6 +284,7 @@ class Tracker:
             del obj.tracked[frame_idx]
         for frame_idx in [t for t in obj.temp_non_cond if t > last_frame]:
             del obj.temp_non_cond[frame_idx]
+        obj.history = None
 
     def propagate_from_prompts(self, direction: str = "both", first_frame: Optional[int] = None,
                                last_frame: Optional[int] = None,
@@ -309,10 +326,10 @@ class Tracker:
                 order = range(max(starts.values()), first - 1, -1)
             else:
                 order = range(min(starts.values()), last + 1)
-            for frame_idx in order:
-                active = [obj for obj in objects
-                          if (starts[obj.obj_id] >= frame_idx if reverse else starts[obj.obj_id] <= frame_idx)]
-                yield self._propagate_frame(frame_idx, active, reverse, with_others=True)
+            steps = [(frame_idx, [obj for obj in objects
+                                  if (starts[obj.obj_id] >= frame_idx if reverse else starts[obj.obj_id] <= frame_idx)])
+                     for frame_idx in order]
+            yield from self._pass(steps, reverse, with_others=True)
 
     # ---- Meta's propagation calls -----------------------------------------------------------
     def propagate(self, start_frame_idx: Optional[int] = None, max_frame_num_to_track: Optional[int] = None,
@@ -324,8 +341,8 @@ class Tracker:
         end (or the start) of the stack. Conditioning frames are yielded, not recomputed."""
         self._consolidate_prompts()
         order = self._processing_order(start_frame_idx, max_frame_num_to_track, reverse)
-        for frame_idx in order:
-            yield self._propagate_frame(frame_idx, list(self._objects.values()), reverse)
+        objects = list(self._objects.values())
+        yield from self._pass([(frame_idx, objects) for frame_idx in order], reverse)
 
     def propagate_both(self, start_frame_idx: Optional[int] = None,
                        max_frame_num_to_track: Optional[int] = None) -> Iterator[FrameResult]:
@@ -374,6 +391,8 @@ class Tracker:
             yield from self._retrack_outward(t, targets, stop_iou, patience)
 
     def _retrack_outward(self, frame_idx, targets, stop_iou, patience) -> Iterator[FrameResult]:
+        for obj in targets:
+            obj.history = None  # partly re-tracked: a mix no pass key describes
         for reverse in (False, True):
             active = list(targets)
             streak = {obj.obj_id: 0 for obj in targets}
@@ -395,15 +414,58 @@ class Tracker:
                 if not active:
                     break
 
+    # ---- one pass ------------------------------------------------------------------------
+    def _pass(self, steps, reverse: bool, with_others: bool = False) -> Iterator[FrameResult]:
+        """Track each step's objects on its frame, steps = [(frame_idx, objects)] in order: one pass per object.
+        An object whose pass the track cache holds is replayed from it; a pass computed here is kept there."""
+        frames_of: dict = {}  # obj_id -> the frames it is tracked on (not its conditioning frames), in order
+        objects = {}
+        for frame_idx, active in steps:
+            for obj in active:
+                objects[obj.obj_id] = obj
+                if frame_idx not in obj.cond:
+                    frames_of.setdefault(obj.obj_id, []).append(frame_idx)
+        cache = self.track_cache
+        prefixes, replays = {}, {}
+        if cache is not None:
+            for obj_id, frames in frames_of.items():
+                obj = objects[obj_id]
+                if obj.history is None:
+                    continue
+                prefixes[obj_id] = pass_prefix(self.track_settings, obj.history, obj.cond, reverse)
+                if len(cache):  # an empty cache needs no frame keys yet (reading frames to hash them costs)
+                    entry = cache.get(pass_key(prefixes[obj_id], [self._frame_key(t) for t in frames]))
+                    if entry is not None:
+                        replays[obj_id] = unpack(entry)
+        finished = False
+        try:
+            for frame_idx, active in steps:
+                yield self._propagate_frame(frame_idx, active, reverse, with_others, replays)
+            finished = True
+        finally:
+            for obj_id, frames in frames_of.items():
+                obj = objects[obj_id]
+                if not finished or obj_id not in prefixes:
+                    obj.history = None
+                    continue
+                key = pass_key(prefixes[obj_id], [self._frame_key(t) for t in frames])
+                if obj_id not in replays and cache.fits(len(frames) * _nbytes(obj.non_cond.get(frames[-1]))):
+                    cache.put(key, pack(frames, [obj.non_cond.get(t) for t in frames]))
+                obj.history = key
+
     # ---- one frame -----------------------------------------------------------------------
     @torch.no_grad()
-    def _propagate_frame(self, frame_idx, objects, reverse, with_others=False) -> FrameResult:
-        """Track `objects` on one frame (conditioning frames are kept as they are); the result holds
-        them and, with `with_others`, every other object that has an output on the frame."""
+    def _propagate_frame(self, frame_idx, objects, reverse, with_others=False, replays=None) -> FrameResult:
+        """Track `objects` on one frame (conditioning frames are kept as they are; an object of `replays`,
+        obj_id -> frame -> ObjectOutput, takes its output from there); the result holds them and, with
+        `with_others`, every other object that has an output on the frame."""
         to_track = [obj for obj in objects if frame_idx not in obj.cond]
-        outputs = {}
-        if to_track:
-            outputs = self._track(frame_idx, to_track, reverse)
+        replays = replays or {}
+        outputs = {obj.obj_id: self._replayed(replays[obj.obj_id][frame_idx])
+                   for obj in to_track if obj.obj_id in replays}
+        computed = [obj for obj in to_track if obj.obj_id not in outputs]
+        if computed:
+            outputs.update(self._track(frame_idx, computed, reverse))
         for obj in objects:
             if obj.obj_id in outputs:
                 obj.non_cond.put(frame_idx, outputs[obj.obj_id])
@@ -469,6 +531,8 @@ class Tracker:
         for obj in self._objects.values():
             for is_cond in (False, True):
                 temp = obj.temp_cond if is_cond else obj.temp_non_cond
+                if temp and not is_cond:
+                    obj.history = None  # corrections: a mix no pass key describes
                 for frame_idx, out in temp.items():
                     if out.maskmem is None:
                         out.maskmem = self._encode_prompted_memory(frame_idx, out)
@@ -507,6 +571,11 @@ class Tracker:
         return ObjectOutput(self._store(pred), self._store(out.obj_ptr[i : i + 1].float()),
                             self._store(out.object_score_logits[i : i + 1].float()))
 
+    def _replayed(self, out: ObjectOutput) -> ObjectOutput:
+        """An output from the track cache, where the tracker keeps its own."""
+        return ObjectOutput(*(self._store(t) for t in (out.pred_masks, out.obj_ptr, out.object_score_logits,
+                                                      out.maskmem)))
+
     def _consolidated_result(self, frame_idx, is_cond) -> FrameResult:
         """Every object's latest output on a frame (Meta's consolidation), empty where it has none."""
         outs = []
@@ -536,18 +605,25 @@ class Tracker:
             self._features.move_to_end(frame_idx)
             return self._features[frame_idx]
         cache, key = self.feature_cache, self.feature_keys.get(frame_idx)
-        entry = None if key is None else cache.get(key)
+        entry = None if key is None or cache is None else cache.get(key)
         if entry is not None:
             features = self.model.features_from(entry)
         else:
             image = self._model_input(frame_idx)
-            if cache is not None:
+            if key is None and (cache is not None or self.track_cache is not None):
                 key = self.feature_keys[frame_idx] = feature_key(self.model, image)
             features = encode_image(self.model, image, cache, key)
         self._features[frame_idx] = features
         while len(self._features) > 2:
             self._features.popitem(last=False)
         return features
+
+    def _frame_key(self, frame_idx) -> str:
+        """A frame's feature key (engine.feature_cache.feature_key), reading the frame if it was never read."""
+        key = self.feature_keys.get(frame_idx)
+        if key is None:
+            key = self.feature_keys[frame_idx] = feature_key(self.model, self._model_input(frame_idx))
+        return key
 
     def _model_input(self, frame_idx) -> torch.Tensor:
         image = self.frames[frame_idx]
@@ -597,6 +673,10 @@ class Tracker:
             return range(start, end - 1, -1) if start > 0 else range(0)
         end = min(start + max_frames, self.num_frames - 1)
         return range(start, end + 1)
+
+
+def _nbytes(out: ObjectOutput) -> int:
+    return sum(t.numel() * t.element_size() for t in (out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem))
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:

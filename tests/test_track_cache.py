@@ -1,0 +1,208 @@
+"""The track cache (engine.track_cache): a pass made once is replayed, bit for bit, by any tracker with the same
+prompts, history and frames, and never when any of them differs. Uses the fast 256-px model."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sam2.core.frames import StackFrames
+from napari_sam2.engine import Tracker
+from napari_sam2.engine.track_cache import TrackCache
+from napari_sam2.io.sample_data import make_nuclei_stack
+
+N_FRAMES = 8
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return make_nuclei_stack(shape=(N_FRAMES, 96, 128), n_nuclei=4, seed=3)
+
+
+@pytest.fixture
+def frames(stack, fast_model):
+    with StackFrames(stack[0], axis=0, image_size=fast_model.image_size, prefetch=0) as f:
+        yield f
+
+
+@pytest.fixture
+def tracked(fast_model, monkeypatch):
+    """How many object-frames the model tracked from memory (calls of condition_on_memory, one row per object)."""
+    counts = [0]
+    real = fast_model.condition_on_memory
+
+    def counting(features, memory, *args, **kwargs):
+        counts[0] += memory.shape[0]
+        return real(features, memory, *args, **kwargs)
+
+    monkeypatch.setattr(fast_model, "condition_on_memory", counting)
+    return counts
+
+
+def clicks(stack, frame=3, n=3):
+    labels = stack[1][frame]
+    out = {}
+    for value in [v for v in np.unique(labels) if v][:n]:
+        rows, cols = np.nonzero(labels == value)
+        out[int(value)] = [float(cols.mean()), float(rows.mean())]
+    return out
+
+
+def prompt(tracker, points, frame=3):
+    for obj_id, xy in points.items():
+        tracker.set_prompt(frame, obj_id, points=[xy], labels=[1])
+
+
+def results(iterator):
+    return [(r.frame_idx, r.obj_ids, r.mask_logits, r.low_res_logits, r.object_score_logits, r.obj_ptrs)
+            for r in iterator]
+
+
+def assert_same(a, b):
+    assert [(t, ids) for t, ids, *_ in a] == [(t, ids) for t, ids, *_ in b]
+    for (_, _, *ta), (_, _, *tb) in zip(a, b):
+        for x, y in zip(ta, tb):
+            assert torch.equal(x, y)
+
+
+def test_a_second_tracker_replays_the_same_bits_without_tracking(fast_model, frames, stack, tracked):
+    points = clicks(stack)
+    plain = Tracker(fast_model, frames)
+    prompt(plain, points)
+    expected = results(plain.propagate_from_prompts("both"))
+    cache = TrackCache()
+    first = Tracker(fast_model, frames, track_cache=cache)
+    prompt(first, points)
+    tracked[0] = 0
+    assert_same(results(first.propagate_from_prompts("both")), expected)
+    assert tracked[0] == 3 * (N_FRAMES - 1)  # 3 objects, every frame but the prompted one
+    assert len(cache) == 6  # one pass per object and direction
+
+    second = Tracker(fast_model, frames, track_cache=cache)
+    prompt(second, points)
+    tracked[0] = 0
+    assert_same(results(second.propagate_from_prompts("both")), expected)
+    assert tracked[0] == 0
+    # Meta's calls make the same passes (forward, then reverse from the same start): replayed too
+    plain_meta = Tracker(fast_model, frames)
+    prompt(plain_meta, points)
+    expected_meta = results(plain_meta.propagate_both())
+    meta = Tracker(fast_model, frames, track_cache=cache)
+    prompt(meta, points)
+    tracked[0] = 0
+    assert_same(results(meta.propagate_both()), expected_meta)
+    assert tracked[0] == 0
+
+
+def test_replayed_memories_serve_later_corrections_exactly(fast_model, frames, stack):
+    points = clicks(stack)
+    cache = TrackCache()
+    made = Tracker(fast_model, frames, track_cache=cache)
+    prompt(made, points)
+    results(made.propagate_from_prompts("both"))
+    replayed = Tracker(fast_model, frames, track_cache=cache)
+    plain = Tracker(fast_model, frames)
+    fix = [points[min(points)][0] + 4.0, points[min(points)][1] + 3.0]
+    outcomes = []
+    for tracker in (replayed, plain):
+        prompt(tracker, points)
+        results(tracker.propagate_from_prompts("both"))
+        tracker.add_prompt(6, min(points), points=[fix], labels=[1])
+        outcomes.append(results(tracker.repropagate(stop_iou=None)))
+    assert_same(*outcomes)
+    assert len(cache) == 6  # a re-propagated correction is no pass: nothing more kept
+
+
+def test_only_what_changed_is_tracked(fast_model, frames, stack, tracked):
+    points = clicks(stack, n=3)
+    cache = TrackCache()
+    first = Tracker(fast_model, frames, track_cache=cache)
+    prompt(first, {k: points[k] for k in list(points)[:2]})
+    results(first.propagate_from_prompts("forward"))
+
+    # a third object added: the two others replay
+    again = Tracker(fast_model, frames, track_cache=cache)
+    prompt(again, points)
+    tracked[0] = 0
+    got = results(again.propagate_from_prompts("forward"))
+    assert tracked[0] == N_FRAMES - 1 - 3  # object three alone, frames 4 to 7
+    plain = Tracker(fast_model, frames)
+    prompt(plain, points)
+    assert_same(got, results(plain.propagate_from_prompts("forward")))
+
+    # a moved click, other frames, another range or direction: computed again
+    moved = dict(points)
+    key = min(points)
+    moved[key] = [points[key][0] + 2.0, points[key][1]]
+    changed = Tracker(fast_model, frames, track_cache=cache)
+    prompt(changed, moved)
+    tracked[0] = 0
+    results(changed.propagate_from_prompts("forward"))
+    assert tracked[0] == N_FRAMES - 1 - 3  # the moved object alone
+    shorter = Tracker(fast_model, frames, track_cache=cache)
+    prompt(shorter, points)
+    tracked[0] = 0
+    results(shorter.propagate_from_prompts("forward", last_frame=6))
+    assert tracked[0] == 3 * 3
+    rolled = np.roll(stack[0], 1, axis=0)
+    with StackFrames(rolled, axis=0, image_size=fast_model.image_size, prefetch=0) as other:
+        elsewhere = Tracker(fast_model, other, track_cache=cache)
+        prompt(elsewhere, points)
+        tracked[0] = 0
+        results(elsewhere.propagate_from_prompts("forward"))
+        assert tracked[0] == 3 * 4
+
+
+def test_a_pass_cut_short_or_after_a_correction_is_not_kept(fast_model, frames, stack, tracked):
+    points = clicks(stack, n=1)
+    cache = TrackCache()
+    tracker = Tracker(fast_model, frames, track_cache=cache)
+    prompt(tracker, points)
+    run = tracker.propagate_from_prompts("forward")
+    next(run), next(run)
+    run.close()
+    assert len(cache) == 0
+    tracker.clear_tracking()
+    results(tracker.propagate())
+    assert len(cache) == 1
+    # a correction, then Meta's pass over it: the history is a mix, neither looked up nor kept
+    (obj_id, xy), = points.items()
+    tracker.add_prompt(5, obj_id, points=[[xy[0] + 3, xy[1]]], labels=[1])
+    tracked[0] = 0
+    results(tracker.propagate())
+    assert tracked[0] == N_FRAMES - 1 - 3  # frames 4 to 7, the corrected one overwritten (Meta's semantics)
+    assert len(cache) == 1
+
+
+def test_a_cache_too_small_keeps_nothing_and_changes_nothing(fast_model, frames, stack, tracked):
+    points = clicks(stack, n=1)
+    cache = TrackCache(max_bytes=1000)
+    outcomes = []
+    for _ in range(2):
+        tracker = Tracker(fast_model, frames, track_cache=cache)
+        prompt(tracker, points)
+        tracked[0] = 0
+        outcomes.append(results(tracker.propagate_from_prompts("both")))
+        assert tracked[0] == N_FRAMES - 1
+    assert len(cache) == 0
+    assert_same(*outcomes)
+
+
+def test_sessions_share_the_process_wide_track_cache(fast_model, stack, tracked):
+    from napari_sam2 import Prompt
+    from napari_sam2.core.tracking import TrackingSession
+    from napari_sam2.core.track_store import shared_track_cache
+
+    prompts = [Prompt(frame=3, obj_id=obj_id, points=[xy]) for obj_id, xy in clicks(stack, n=2).items()]
+    shared_track_cache().clear()
+    labels, counts = [], []
+    for cache in ("shared", "shared", None):
+        with TrackingSession(stack[0], model=fast_model, device="cpu", prefetch=0, track_cache=cache) as session:
+            session.set_prompts(prompts)
+            tracked[0] = 0
+            labels.append({r.frame: r.labels for r in session.propagate("both")})
+            counts.append(tracked[0])
+    assert counts == [2 * (N_FRAMES - 1), 0, 2 * (N_FRAMES - 1)]
+    for other in labels[1:]:
+        assert sorted(other) == sorted(labels[0])
+        for frame in other:
+            np.testing.assert_array_equal(other[frame], labels[0][frame])
