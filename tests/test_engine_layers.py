@@ -138,3 +138,25 @@ def test_decoder_broadcasts_one_image_over_many_prompt_sets(model128):
             assert changed is not pe and torch.equal(changed, encoder.pe_layer(encoder.image_embedding_size)[None])
         finally:
             matrix.div_(2.0)
+
+
+def test_the_decoders_image_side_computed_once_serves_every_click_with_the_same_bits(model128):
+    """Sam2Model.decoder_image_side (the image tokens and the first block's projections of them) passed to decode
+    gives the bits of a decode that computes it, click after click; it refuses a mask input (its dense embedding
+    is the no-mask one)."""
+    torch.manual_seed(1)
+    image_embed = torch.randn(1, 256, 8, 8)
+    high_res = (torch.randn(1, 32, 32, 32), torch.randn(1, 64, 16, 16))
+    with torch.no_grad():
+        side = model128.decoder_image_side(image_embed)
+        for n in (1, 2, 5):
+            coords = torch.rand(1, n, 2) * 128
+            labels = torch.randint(0, 2, (1, n), dtype=torch.int32)
+            for multimask in (False, True):
+                fresh = model128.decode(image_embed, high_res, coords, labels, multimask_output=multimask)
+                reused = model128.decode(image_embed, high_res, coords, labels, multimask_output=multimask,
+                                         image=side)
+                for name in ("multi_logits", "ious", "low_res", "high_res", "obj_ptr", "object_score_logits"):
+                    assert torch.equal(getattr(fresh, name), getattr(reused, name)), name
+        with pytest.raises(ValueError, match="mask_input"):
+            model128.decode(image_embed, high_res, coords, labels, mask_input=torch.zeros(1, 1, 32, 32), image=side)

@@ -102,14 +102,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(kv_in_dim, self.internal_dim)
         self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
-    def _project(self, q, k, v):
-        q = _split_heads(self.q_proj(q), self.num_heads)
-        k = _split_heads(self.k_proj(k), self.num_heads)
-        v = _split_heads(self.v_proj(v), self.num_heads)
+    def _project(self, q, k, v, projected=None):
+        projected = projected or {}
+        q = _split_heads(projected["q"] if "q" in projected else self.q_proj(q), self.num_heads)
+        k = _split_heads(projected["k"] if "k" in projected else self.k_proj(k), self.num_heads)
+        v = _split_heads(projected["v"] if "v" in projected else self.v_proj(v), self.num_heads)
         return q, k, v
 
-    def forward(self, q, k, v):
-        q, k, v = self._project(q, k, v)
+    def forward(self, q, k, v, projected=None):
+        """projected: {"q" / "k" / "v": that input already through its projection} (computed once, reused); the
+        input itself is then not read."""
+        q, k, v = self._project(q, k, v, projected)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(_merge_heads(out))
 

@@ -24,17 +24,26 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(dim, num_heads, downsample_rate=downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries, keys, query_pe, key_pe):
+    def image_projections(self, keys, key_pe) -> dict:
+        """The projections of the block's input image tokens that its two cross-attentions make (the keys change
+        only at the block's end): {"k", "v"} of the token->image attention and {"q"} of the image->token one, each
+        (B, h*w, C / downsample_rate). In the first block they depend on the image alone, not on the prompts."""
+        k = keys + key_pe  # one sum serves both cross-attentions
+        t2i, i2t = self.cross_attn_token_to_image, self.cross_attn_image_to_token
+        return {"t2i": {"k": t2i.k_proj(k), "v": t2i.v_proj(keys)}, "i2t": {"q": i2t.q_proj(k)}}
+
+    def forward(self, queries, keys, query_pe, key_pe, projected=None):
+        """projected: `image_projections(keys, key_pe)`, computed here when None."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
             q = queries + query_pe
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
-        k = keys + key_pe  # keys change only at the block's end: one sum serves both cross-attentions
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
+        projected = self.image_projections(keys, key_pe) if projected is None else projected
+        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, None, None, projected["t2i"]))
         queries = self.norm3(queries + self.mlp(queries))
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, queries + query_pe, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token(None, queries + query_pe, queries, projected["i2t"]))
         return queries, keys
 
 
@@ -52,15 +61,23 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(dim, num_heads, downsample_rate=downsample_rate)
         self.norm_final_attn = nn.LayerNorm(dim)
 
-    def forward(self, image_embedding, image_pe, point_embedding):
-        """image_embedding (B, C, h, w), image_pe (1 or B, C, h, w), point_embedding (B, N, C) -> tokens (B, N, C)
-        and image tokens (B, h*w, C)."""
+    def image_side(self, image_embedding, image_pe) -> dict:
+        """What the transformer computes from the image alone, whatever the prompts: the image tokens (B, h*w, C),
+        their position encoding (1 or B, h*w, C) and the first block's projections of them. Computed once, it
+        serves every prompt on that image (`forward(image=...)`), with the same bits."""
         # image tokens made contiguous once: every sum and projection below then runs on contiguous rows
-        image_embedding = image_embedding.flatten(2).transpose(1, 2).contiguous()
-        image_pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # a no-op for the prompt encoder's own PE
-        queries, keys = point_embedding, image_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe)
+        keys = image_embedding.flatten(2).transpose(1, 2).contiguous()
+        key_pe = image_pe.flatten(2).transpose(1, 2).contiguous()  # a no-op for the prompt encoder's own PE
+        return {"keys": keys, "key_pe": key_pe, "first": self.layers[0].image_projections(keys, key_pe)}
+
+    def forward(self, image_embedding, image_pe, point_embedding, image=None):
+        """image_embedding (B, C, h, w), image_pe (1 or B, C, h, w), point_embedding (B, N, C) -> tokens (B, N, C)
+        and image tokens (B, h*w, C). image: `image_side(image_embedding, image_pe)` computed earlier (then the
+        first two arguments are not read)."""
+        image = self.image_side(image_embedding, image_pe) if image is None else image
+        queries, keys, image_pe = point_embedding, image["keys"], image["key_pe"]
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, point_embedding, image_pe, image["first"] if i == 0 else None)
         q, k = queries + point_embedding, keys + image_pe
         queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
         return queries, keys
@@ -116,17 +133,26 @@ class MaskDecoder(nn.Module):
         self.stability_delta = dynamic_multimask_stability_delta
         self.stability_thresh = dynamic_multimask_stability_thresh
 
+    def image_side(self, image_embeddings, image_pe, dense_prompt_embeddings) -> dict:
+        """The part of the decoding that depends on the image and the dense prompt embedding alone, not on the
+        points or boxes (TwoWayTransformer.image_side, and the grid size): computed once, it serves every click on
+        an image (`forward(image=...)`), with the same bits."""
+        src = image_embeddings + dense_prompt_embeddings
+        return {**self.transformer.image_side(src, image_pe), "size": tuple(src.shape[-2:])}
+
     def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-                multimask_output, high_res_features, repeat_image=None):
+                multimask_output, high_res_features, repeat_image=None, image=None):
         """image_embeddings (1 or B, C, h, w); image_pe (1, C, h, w); sparse (B, N, C) and dense (B, C, h, w) prompt
         embeddings. repeat_image: Meta's flag for an image batch of 1 with B prompt sets, accepted for its callers and
-        not needed (that batch broadcasts).
+        not needed (that batch broadcasts). image: `image_side(image_embeddings, image_pe, dense)` computed earlier
+        (then those three are not read).
 
         Returns mask logits (B, M, 4h, 4w), IoU predictions (B, M), the SAM output tokens (B, M', C) for object
         pointers, and object score logits (B, 1); M = 3 or 1."""
+        if image is None:
+            image = self.image_side(image_embeddings, image_pe, dense_prompt_embeddings)
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-            high_res_features,
+            image, sparse_prompt_embeddings, high_res_features,
         )
         if multimask_output:
             masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
@@ -139,15 +165,14 @@ class MaskDecoder(nn.Module):
             sam_tokens_out = mask_tokens_out[:, 0:1]
         return masks, iou_pred, sam_tokens_out, object_score_logits
 
-    def _predict(self, image_embeddings, image_pe, sparse, dense, high_res_features):
+    def _predict(self, image, sparse, high_res_features):
         output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
         tokens = torch.cat((output_tokens, sparse), dim=1)
-        # an image batch of 1 broadcasts over the prompt sets (Meta repeats it: the same values); the position
-        # encoding broadcasts inside the transformer
-        src = image_embeddings + dense
-        b, c, h, w = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
+        # an image batch of 1 broadcasts over the prompt sets (Meta repeats it: the same values); so does the
+        # position encoding, inside the transformer
+        hs, src = self.transformer(None, None, tokens, image=image)
+        (h, w), (b, _, c) = image["size"], src.shape
         iou_token_out = hs[:, 1, :]
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens, :]
 

@@ -65,6 +65,7 @@ class ImagePredictor:
         self._features = {
             "image_embed": self.model.features_without_memory(features),
             "high_res_feats": features.high_res,
+            "decoder_image": None,  # the decoder's prompt-free part, made at the first predict without mask_input
         }
         self._orig_hw = (int(original_size[0]), int(original_size[1]))
 
@@ -125,9 +126,14 @@ class ImagePredictor:
             sparse, dense = model.sam_prompt_encoder(
                 points=None if coords is None else (coords, labels), boxes=None, masks=mask
             )
+            image = None
+            if mask is None:  # every predict without a mask input shares it (the same bits)
+                if self._features["decoder_image"] is None:
+                    self._features["decoder_image"] = model.decoder_image_side(self._features["image_embed"])
+                image = self._features["decoder_image"]
             low_res, ious, _, _ = model.sam_mask_decoder(
                 self._features["image_embed"], model.sam_prompt_encoder.get_dense_pe(), sparse, dense,
-                multimask_output=multimask_output, high_res_features=self._features["high_res_feats"],
+                multimask_output=multimask_output, high_res_features=self._features["high_res_feats"], image=image,
             )
         low_res = low_res.float()
         masks = F.interpolate(low_res, size=self._orig_hw, mode="bilinear", align_corners=False)

@@ -104,6 +104,7 @@ class Tracker:
         self.storage_device = torch.device("cpu") if offload_memory_to_cpu else self.device
         self._objects: "OrderedDict[int, ObjectState]" = OrderedDict()
         self._features: "OrderedDict[int, FrameFeatures]" = OrderedDict()
+        self._decoder_images: dict = {}  # frame -> Sam2Model.decoder_image_side of its memory-free features
         self._maskmem_pos: Optional[torch.Tensor] = None
         self._spill = SpillStore(self.keep_frames, folder=memory_folder)
         self.feature_cache = feature_cache
@@ -135,6 +136,7 @@ class Tracker:
         """Forget every object, prompt and memory."""
         self._objects.clear()
         self._features.clear()
+        self._decoder_images.clear()
         self._spill.clear()
 
     def close(self) -> None:
@@ -179,9 +181,10 @@ class Tracker:
         features = self._frame_features(frame_idx)
         with autocast(self.device):
             pix = self._conditioned_features(obj, features, frame_idx, is_init, reverse)
+            image = self._decoder_image(frame_idx, pix) if is_init and prev_logits is None else None
             multimask = self._use_multimask(point_labels.shape[1])
             out = self.model.decode(pix, features.high_res, coords, point_labels, mask_input=prev_logits,
-                                    multimask_output=multimask)
+                                    multimask_output=multimask, image=image)
         temp[frame_idx] = self._compact(out, 0)
         return self._consolidated_result(frame_idx, is_cond=is_init)
 
@@ -230,8 +233,9 @@ class Tracker:
                 mask_logits = torch.clamp(self._compact(out, 0).pred_masks.to(self.device), -32.0, 32.0)
             if has_clicks or mask is None:
                 pix = self.model.features_without_memory(features)
+                image = self._decoder_image(frame_idx, pix) if mask_logits is None else None
                 out = self.model.decode(pix, features.high_res, coords, point_labels, mask_input=mask_logits,
-                                        multimask_output=self._use_multimask(point_labels.shape[1]))
+                                        multimask_output=self._use_multimask(point_labels.shape[1]), image=image)
         if has_clicks or mask is None:
             obj.points[frame_idx] = (coords, point_labels)
         else:
@@ -615,8 +619,16 @@ class Tracker:
             features = encode_image(self.model, image, cache, key)
         self._features[frame_idx] = features
         while len(self._features) > 2:
-            self._features.popitem(last=False)
+            self._decoder_images.pop(self._features.popitem(last=False)[0], None)
         return features
+
+    def _decoder_image(self, frame_idx, pix) -> dict:
+        """The decoder's prompt-free part on a frame's memory-free features `pix` (Sam2Model.decoder_image_side),
+        kept as long as the frame's features: the next click there skips it."""
+        image = self._decoder_images.get(frame_idx)
+        if image is None:
+            image = self._decoder_images[frame_idx] = self.model.decoder_image_side(pix)
+        return image
 
     def _frame_key(self, frame_idx) -> str:
         """A frame's feature key (engine.feature_cache.feature_key), reading the frame if it was never read."""
