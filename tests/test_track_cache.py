@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from napari_sam2 import Prompt
 from napari_sam2.core.frames import StackFrames
+from napari_sam2.core.track_store import shared_track_cache
+from napari_sam2.core.tracking import TrackingSession
 from napari_sam2.engine import Tracker
 from napari_sam2.engine.track_cache import TrackCache
 from napari_sam2.io.sample_data import make_nuclei_stack
@@ -188,10 +191,6 @@ def test_a_cache_too_small_keeps_nothing_and_changes_nothing(fast_model, frames,
 
 
 def test_sessions_share_the_process_wide_track_cache(fast_model, stack, tracked):
-    from napari_sam2 import Prompt
-    from napari_sam2.core.tracking import TrackingSession
-    from napari_sam2.core.track_store import shared_track_cache
-
     prompts = [Prompt(frame=3, obj_id=obj_id, points=[xy]) for obj_id, xy in clicks(stack, n=2).items()]
     shared_track_cache().clear()
     labels, counts = [], []

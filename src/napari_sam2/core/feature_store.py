@@ -149,7 +149,8 @@ def shared_feature_cache() -> FeatureCache:
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = FeatureCache(memory_limit("NAPARI_SAM2_FEATURE_CACHE_MB", DEFAULT_MAX_BYTES), ZarrFeatureStore(feature_cache_dir()))
+            limit = memory_limit("NAPARI_SAM2_FEATURE_CACHE_MB", DEFAULT_MAX_BYTES)
+            _shared = FeatureCache(limit, ZarrFeatureStore(feature_cache_dir()))
         elif _shared.store.folder != feature_cache_dir():  # NAPARI_SAM2_CACHE changed
             _shared.store = ZarrFeatureStore(feature_cache_dir())
         return _shared

@@ -688,7 +688,8 @@ class Tracker:
 
 
 def _nbytes(out: ObjectOutput) -> int:
-    return sum(t.numel() * t.element_size() for t in (out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem))
+    tensors = (out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem)
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
