@@ -4,8 +4,10 @@ prompts, history and frames, and never when any of them differs. Uses the fast 2
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from napari_sam2 import Prompt
+from napari_sam2 import InputError, Prompt
 from napari_sam2.core.frames import StackFrames
 from napari_sam2.core.track_store import shared_track_cache
 from napari_sam2.core.tracking import TrackingSession
@@ -205,3 +207,66 @@ def test_sessions_share_the_process_wide_track_cache(fast_model, stack, tracked)
         assert sorted(other) == sorted(labels[0])
         for frame in other:
             np.testing.assert_array_equal(other[frame], labels[0][frame])
+
+
+# ---- the invariant: the track cache never changes a result -------------------------------------------------------
+
+SHORT = 6
+_shared_cache = TrackCache()
+
+action = st.one_of(
+    st.tuples(st.just("prompt"), st.integers(0, SHORT - 1), st.sampled_from([1, 2]), st.sampled_from([0.0, 2.0])),
+    st.tuples(st.just("add"), st.integers(0, SHORT - 1), st.sampled_from([1, 2]), st.sampled_from([0.0, 3.0])),
+    st.tuples(st.just("clear"), st.integers(0, SHORT - 1), st.sampled_from([1, 2])),
+    st.tuples(st.just("from_prompts"), st.sampled_from(["both", "forward", "backward"])),
+    st.tuples(st.just("propagate"), st.booleans()),
+    st.tuples(st.just("repropagate"),),
+    st.tuples(st.just("end_track"), st.sampled_from([1, 2]), st.integers(0, SHORT - 1)),
+)
+
+
+def _apply(tracker, step, base):
+    kind = step[0]
+    if kind == "prompt":
+        _, frame, obj_id, dx = step
+        return [tracker.set_prompt(frame, obj_id, points=[[base[obj_id][0] + dx, base[obj_id][1]]], labels=[1])]
+    if kind == "add":
+        _, frame, obj_id, dx = step
+        return [tracker.add_prompt(frame, obj_id, points=[[base[obj_id][0] + dx, base[obj_id][1] + 1]], labels=[1])]
+    if kind == "clear":
+        return tracker.clear_prompt(step[1], step[2])
+    if kind == "from_prompts":
+        return list(tracker.propagate_from_prompts(step[1]))
+    if kind == "propagate":
+        return list(tracker.propagate(reverse=step[1]))
+    if kind == "repropagate":
+        return list(tracker.repropagate())
+    return tracker.end_track(step[1], step[2])
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(action, min_size=2, max_size=7))
+def test_any_action_sequence_gives_the_same_bits_with_and_without_the_cache(fast_model, stack, steps):
+    """Whatever the user clicks, corrects, deletes and propagates, in any order, a tracker with the (shared, already
+    filled) track cache gives what a tracker without one computes, bit for bit, and refuses the same actions.
+    The cache is shared by all the sequences, so later ones replay passes earlier ones made (about 15 replays in
+    15 sequences here)."""
+    base = clicks(stack, n=2)
+    base = dict(zip((1, 2), base.values()))
+    with StackFrames(stack[0][:SHORT], axis=0, image_size=fast_model.image_size, prefetch=0) as frames:
+        cached, plain = Tracker(fast_model, frames, track_cache=_shared_cache), Tracker(fast_model, frames)
+        for step in [("prompt", 2, 1, 0.0), ("prompt", 2, 2, 0.0), *steps]:  # two objects, then anything
+            outcomes = []
+            for tracker in (cached, plain):
+                try:
+                    outcomes.append(("ok", _apply(tracker, step, base)))
+                except InputError as exc:
+                    outcomes.append(("refused", str(exc)))
+            (kind_a, a), (kind_b, b) = outcomes
+            assert kind_a == kind_b, (step, a, b)
+            if kind_a == "ok" and a is not None:
+                assert_same(results(a), results(b))
+            else:
+                assert a == b
+        for frame in range(SHORT):
+            assert_same(results([cached.result_on(frame)]), results([plain.result_on(frame)]))
