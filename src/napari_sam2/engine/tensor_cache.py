@@ -10,6 +10,11 @@ from typing import Optional, Protocol
 from .host_memory import outside_heap
 
 
+def nbytes(tensors) -> int:
+    """The bytes a sequence of tensors holds."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 class TensorStore(Protocol):
     """A second, slower tier behind the in-memory cache (e.g. `napari_sam2.core.feature_store.ZarrFeatureStore`)."""
 
@@ -84,7 +89,7 @@ class TensorCache:
             self._bytes = 0
 
     def _remember(self, key: str, entry: tuple) -> None:
-        size = sum(t.numel() * t.element_size() for t in entry)
+        size = nbytes(entry)
         with self._lock:
             if key in self._entries or size > self.max_bytes:
                 return
@@ -92,4 +97,4 @@ class TensorCache:
             self._bytes += size
             while self._bytes > self.max_bytes:
                 _, old = self._entries.popitem(last=False)
-                self._bytes -= sum(t.numel() * t.element_size() for t in old)
+                self._bytes -= nbytes(old)

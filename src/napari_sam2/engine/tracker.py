@@ -49,6 +49,7 @@ from .object_state import ObjectOutput, ObjectState
 from .postprocess import fill_holes
 from .results import FrameResult, frame_result
 from .spill_store import SpillStore
+from .tensor_cache import nbytes
 from .track_cache import TrackCache, pack, pass_key, pass_prefix, unpack
 from .validation import check_frame_index, check_obj_id, mask_prompt_to_model_space, prompt_to_model_space
 
@@ -453,7 +454,7 @@ class Tracker:
                     obj.history = None
                     continue
                 key = pass_key(prefixes[obj_id], [self._frame_key(t) for t in frames])
-                if obj_id not in replays and cache.fits(len(frames) * _nbytes(obj.non_cond.get(frames[-1]))):
+                if obj_id not in replays and cache.fits(len(frames) * nbytes(_tensors(obj.non_cond.get(frames[-1])))):
                     cache.put(key, pack(frames, [obj.non_cond.get(t) for t in frames]))
                 obj.history = key
 
@@ -577,8 +578,7 @@ class Tracker:
 
     def _replayed(self, out: ObjectOutput) -> ObjectOutput:
         """An output from the track cache, where the tracker keeps its own."""
-        return ObjectOutput(*(self._store(t) for t in (out.pred_masks, out.obj_ptr, out.object_score_logits,
-                                                      out.maskmem)))
+        return ObjectOutput(*(self._store(t) for t in _tensors(out)))
 
     def _consolidated_result(self, frame_idx, is_cond) -> FrameResult:
         """Every object's latest output on a frame (Meta's consolidation), empty where it has none."""
@@ -687,9 +687,8 @@ class Tracker:
         return range(start, end + 1)
 
 
-def _nbytes(out: ObjectOutput) -> int:
-    tensors = (out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem)
-    return sum(t.numel() * t.element_size() for t in tensors)
+def _tensors(out: ObjectOutput) -> tuple:
+    return out.pred_masks, out.obj_ptr, out.object_score_logits, out.maskmem
 
 
 def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
