@@ -23,6 +23,9 @@ DATA = Path(__file__).resolve().parent / "data"
 os.environ.setdefault("NAPARI_SAM2_FEATURES", tempfile.mkdtemp(prefix="napari-sam2-test-features-"))
 os.environ.setdefault("NAPARI_SAM2_FEATURE_CACHE_MB", "256")
 os.environ.setdefault("NAPARI_SAM2_TRACK_CACHE_MB", "256")
+# Passes are kept on disk only where a test asks (NAPARI_SAM2_TRACKS, NAPARI_SAM2_TRACKS_MAX_GB): elsewhere a cleared
+# track cache is a new process that tracks everything again.
+os.environ.setdefault("NAPARI_SAM2_TRACKS_MAX_GB", "0")
 
 
 def pytest_addoption(parser):

@@ -15,7 +15,8 @@ from conftest import SMALL_STACK_FRAME, clear_feature_memory, one_error_line, ru
 
 from napari_sam2.api import Prompt, segment_stack
 from napari_sam2.cli import commands as cli
-from napari_sam2.core.feature_store import ZarrFeatureStore, shared_feature_cache
+from napari_sam2.core.feature_store import shared_feature_cache
+from napari_sam2.core.tensor_store import ZarrTensorStore
 from napari_sam2.io.tiff import read_tiff
 
 FRAME = SMALL_STACK_FRAME
@@ -44,7 +45,7 @@ def test_embed_stores_one_entry_per_frame_and_resumes(tmp_path, features, small_
 
     assert status == 0, stderr
     assert use_fast_model == [("some_model", "cpu")]
-    store = ZarrFeatureStore(features)
+    store = ZarrTensorStore(features)
     keys = store.keys()
     assert len(keys) == n_frames, keys  # one entry per frame, all different
     assert len(encoder_calls) == n_frames
@@ -95,14 +96,14 @@ def test_segment_after_embed_gives_the_same_labels_without_the_encoder(tmp_path,
     assert len(encoder_calls) - before >= small_stack.shape[0]  # every frame was encoded
     plain = read_tiff(tmp_path / "plain.tif").data
     np.testing.assert_array_equal(plain, expected)
-    assert ZarrFeatureStore(empty).keys() == []  # segmenting stores nothing on disk
+    assert ZarrTensorStore(empty).keys() == []  # segmenting stores nothing on disk
 
     # Embed, then segment in a "new process" (memory cleared): the features come from disk.
     monkeypatch.setenv("NAPARI_SAM2_FEATURES", str(features))
     clear_feature_memory()
     status, _, stderr = run_cli(["embed", source, "--quiet"], capsys)
     assert status == 0, stderr
-    assert len(ZarrFeatureStore(features).keys()) == small_stack.shape[0]
+    assert len(ZarrTensorStore(features).keys()) == small_stack.shape[0]
     clear_feature_memory()
     before = len(encoder_calls)
     status, _, stderr = run_cli(["segment", source, "--prompts", csv, "--out", tmp_path / "cached.tif", "--quiet"], capsys)
@@ -112,6 +113,34 @@ def test_segment_after_embed_gives_the_same_labels_without_the_encoder(tmp_path,
     cached = read_tiff(tmp_path / "cached.tif")
     assert cached.axes == "ZYX"
     np.testing.assert_array_equal(cached.data, plain)
+
+
+def test_the_disk_bound_makes_room_and_refuses_a_stack_that_cannot_fit(tmp_path, monkeypatch, features, small_stack,
+                                                                      use_fast_model, capsys):
+    first = write_zyx(tmp_path / "first.tif", small_stack)
+    second = write_zyx(tmp_path / "second.tif", small_stack[:, :, ::-1].copy())  # other frames, other keys
+    n_frames = small_stack.shape[0]
+    clear_feature_memory()
+    assert run_cli(["embed", first, "--quiet"], capsys)[0] == 0
+    frame_gib = ZarrTensorStore(features).disk_bytes() / n_frames / 2**30
+
+    # Room for one stack and a half: the second stack's frames push out the first's least recently used ones.
+    monkeypatch.setenv("NAPARI_SAM2_FEATURES_MAX_GB", f"{1.5 * n_frames * frame_gib:.9f}")
+    status, _, stderr = run_cli(["embed", second], capsys)
+    assert status == 0, stderr
+    kept = ZarrTensorStore(features)
+    assert len(kept.keys()) < 2 * n_frames and kept.disk_bytes() <= 1.5 * n_frames * frame_gib * 2**30
+    assert "frames' features stored earlier were removed" in stderr and "NAPARI_SAM2_FEATURES_MAX_GB" in stderr
+    assert "GiB of at most" in stderr
+
+    # Room for less than one stack: refused before anything is written, with what to do.
+    shutil.rmtree(features)
+    monkeypatch.setenv("NAPARI_SAM2_FEATURES_MAX_GB", f"{0.5 * n_frames * frame_gib:.9f}")
+    clear_feature_memory()
+    status, _, stderr = run_cli(["embed", first, "--quiet"], capsys)
+    assert status == 1
+    assert "NAPARI_SAM2_FEATURES_MAX_GB" in one_error_line(stderr)
+    assert ZarrTensorStore(features).keys() == []
 
 
 def test_a_4d_stack_stores_every_position_of_the_further_axis(tmp_path, features, small_stack, use_fast_model,
@@ -127,7 +156,7 @@ def test_a_4d_stack_stores_every_position_of_the_further_axis(tmp_path, features
     status, _, stderr = run_cli(["embed", source, "--axis", "z"], capsys)
 
     assert status == 0, stderr
-    assert len(ZarrFeatureStore(features).keys()) == n_t * n_z
+    assert len(ZarrTensorStore(features).keys()) == n_t * n_z
     assert len(encoder_calls) == n_t * n_z
     assert f"{n_t * n_z}/{n_t * n_z} frames 100%" in stderr
 

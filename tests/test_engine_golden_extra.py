@@ -55,13 +55,13 @@ def test_cached_features_and_a_restart_from_disk_match_the_reference(golden_dir,
     """The feature cache on (in memory, written to the zarr store), then a restart (a new process's view: nothing in
     memory, every frame read back from the store): both runs match Meta's outputs, and the second never runs the image
     encoder. The scenario revisits frames (reverse passes, corrections), as the cache is for."""
-    from napari_sam2.core.feature_store import ZarrFeatureStore
+    from napari_sam2.core.tensor_store import ZarrTensorStore
     from napari_sam2.engine.feature_cache import FeatureCache
 
     torch.set_num_threads(2)
     side, gold, model, frames = scenario_inputs("video_sam2_t_correction_after_reverse", golden_dir,
                                                 synthetic_checkpoint)
-    store = ZarrFeatureStore(tmp_path / "features")
+    store = ZarrTensorStore(tmp_path / "features")
     first = FeatureCache(1 << 30, store, write_store=True)
     assert_matches_golden(compare_module, side, gold, run_calls(Tracker(model, frames, feature_cache=first), side["calls"]))
     assert len(store.keys()) == first.misses > 0 and first.hits > 0  # each frame encoded once, then reused

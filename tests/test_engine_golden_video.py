@@ -6,6 +6,7 @@ import torch
 from conftest import assert_matches_golden, load_golden
 from video_golden import GoldenFrames, run_calls
 
+from napari_sam2.core.tensor_store import ZarrTensorStore
 from napari_sam2.engine import Tracker, load_model
 from napari_sam2.engine.feature_cache import FeatureCache
 from napari_sam2.engine.track_cache import TrackCache
@@ -62,27 +63,28 @@ def run_scenario(model, side, gold, scenario, **tracker_kwargs) -> dict:
 
 
 @pytest.mark.parametrize("scenario", ["video_sam2.1_t", "video_sam2_t"])
-def test_video_scenario_matches_reference(scenario, golden_dir, compare_module, synthetic_checkpoint):
+def test_video_scenario_matches_reference(scenario, golden_dir, compare_module, synthetic_checkpoint, tmp_path):
     torch.set_num_threads(2)
     side, gold = load_golden(golden_dir, scenario)
     model = load_model(synthetic_checkpoint(side["config"], side["checkpoint"]["seed"]), device="cpu")
     if scenario != "video_sam2_t":  # no caches
         assert_matches_golden(compare_module, side, gold, run_scenario(model, side, gold, scenario))
         return
-    # With a feature cache and a track cache, twice: the second tracker takes every frame's features from the cache
-    # and replays every pass not made over a correction; both match the reference.
-    caches = {"feature_cache": FeatureCache(), "track_cache": TrackCache()}
-    encoded = []
+    # With a feature cache and a track cache over disk stores, twice: the second tracker, with new caches (as after a
+    # restart), takes every frame's features from disk and replays from there every pass not made over a correction.
+    # Both match the reference.
+    encoded, replayed = [], []
     real_encode = model.encode_image
     model.encode_image = lambda images: (encoded.append(len(images)), real_encode(images))[1]
-    replayed = []
     try:
         for _ in range(2):
+            caches = {"feature_cache": FeatureCache(0, ZarrTensorStore(tmp_path / "features"), write_store=True),
+                      "track_cache": TrackCache(store=ZarrTensorStore(tmp_path / "tracks", background=True))}
             encoded.clear()
             assert_matches_golden(compare_module, side, gold, run_scenario(model, side, gold, scenario, **caches))
-            replayed.append(caches["track_cache"].hits)
+            caches["track_cache"].store.flush()
+            replayed.append(caches["track_cache"].store_hits)
     finally:
         del model.encode_image
     assert not encoded  # the second run encoded nothing
     assert replayed[0] == 0 and replayed[1] >= 3  # object 1's three passes, object 2's first
-

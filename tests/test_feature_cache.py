@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.core.feature_store import ZarrFeatureStore, precompute_features, shared_feature_cache
+from napari_sam2.core.feature_store import precompute_features, shared_feature_cache
 from napari_sam2.core.frames import StackFrames
 from napari_sam2.core.prompts import Prompt
+from napari_sam2.core.tensor_store import ZarrTensorStore
 from napari_sam2.core.tracking import TrackingSession
 from napari_sam2.engine import Tracker
 from napari_sam2.engine.feature_cache import FeatureCache, encode_image, feature_key
@@ -92,82 +93,13 @@ def test_the_lru_stays_within_its_bytes_and_drops_the_least_recently_used():
 
 
 def test_the_store_is_read_on_a_memory_miss_and_written_only_when_asked(tmp_path):
-    store = ZarrFeatureStore(tmp_path)
+    store = ZarrTensorStore(tmp_path)
     cache = FeatureCache(max_bytes=0, store=store)
     cache.put("k1", entry((2, 3)))
     assert "k1" not in store  # write_store is off
     cache.put("k1", entry((2, 3)), to_store=True)
     assert "k1" in store and "k1" in cache
     assert torch.equal(cache.get("k1")[0], entry((2, 3))[0]) and cache.store_hits == 1
-
-
-# ---- the zarr store -------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_the_store_gives_back_the_same_bits_dtype_and_memory_layout(tmp_path, dtype):
-    vision, high0, high1 = entry((1, 8, 4, 4), (1, 2, 16, 16), (1, 4, 8, 8), dtype=dtype)
-    vision = vision.contiguous(memory_format=torch.channels_last)  # as Hiera's FPN makes them
-    high1 = high1.contiguous(memory_format=torch.channels_last)
-    store = ZarrFeatureStore(tmp_path / "f")
-    store.put("key", (vision, high0, high1))
-    back = store.get("key")
-    for original, read in zip((vision, high0, high1), back):
-        assert read.dtype == original.dtype and read.shape == original.shape
-        assert read.stride() == original.stride()
-        assert torch.equal(read.view(torch.int16) if dtype != torch.float32 else read,
-                           original.view(torch.int16) if dtype != torch.float32 else original)
-
-
-def test_an_unfinished_or_damaged_entry_is_a_miss(tmp_path):
-    store = ZarrFeatureStore(tmp_path)
-    store.put("good", entry((2, 2)))
-    (tmp_path / ".tmp-half-written-abc").mkdir()  # an interrupted write leaves only a temporary folder
-    assert store.keys() == ["good"]
-    (tmp_path / "bad.zarr").mkdir()
-    (tmp_path / "bad.zarr" / "zarr.json").write_text("{not json")
-    assert "bad" in store and store.get("bad") is None
-    store.put("good", entry((2, 2), seed=1))  # an existing entry is never rewritten
-    assert torch.equal(store.get("good")[0], entry((2, 2))[0])
-    with pytest.raises(ValueError):
-        store.get("../escape")
-
-
-def test_what_a_killed_write_left_is_removed_once_stale(tmp_path):
-    store = ZarrFeatureStore(tmp_path)
-    store.put("first", entry((2, 2)))
-    stale, fresh = tmp_path / ".tmp-old-1", tmp_path / ".tmp-new-2"  # a killed write, and one in progress elsewhere
-    stale.mkdir()
-    fresh.mkdir()
-    old = os.stat(stale).st_mtime - 2 * 3600
-    os.utime(stale, (old, old))
-    ZarrFeatureStore(tmp_path).put("second", entry((2, 2)))
-    assert not stale.exists() and fresh.exists()
-    assert ZarrFeatureStore(tmp_path).keys() == ["first", "second"]
-
-
-def test_a_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    import zarr
-
-    store = ZarrFeatureStore(tmp_path)
-    store.put("first", entry((2, 2)))
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("zarr failed")
-
-    monkeypatch.setattr(zarr, "open_group", broken)
-    with pytest.raises(RuntimeError):
-        store.put("second", entry((2, 2)))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.zarr"]
-
-
-def test_a_store_in_an_unwritable_place_says_what_to_do(tmp_path):
-    blocked = tmp_path / "file"
-    blocked.write_text("not a folder")
-    from napari_sam2 import InputError
-
-    with pytest.raises(InputError, match="NAPARI_SAM2_FEATURES"):
-        ZarrFeatureStore(blocked / "features").put("k", entry((2, 2)))
 
 
 # ---- reuse, with the same results ------------------------------------------------------------------------------------
@@ -216,7 +148,7 @@ def test_sessions_share_the_process_wide_cache(fast_model, stack, encoder_calls)
 
 
 def test_precomputation_stores_every_frame_and_resumes_where_it_stopped(fast_model, frames, tmp_path, encoder_calls):
-    cache = FeatureCache(0, ZarrFeatureStore(tmp_path))
+    cache = FeatureCache(0, ZarrTensorStore(tmp_path))
     run = precompute_features(fast_model, frames, cache)
     for _ in range(2):
         next(run)
@@ -231,18 +163,35 @@ def test_precomputation_stores_every_frame_and_resumes_where_it_stopped(fast_mod
     assert all(torch.equal(a, b) for a, b in zip(stored, fresh))
 
 
-def test_the_memory_limit_comes_from_the_environment(monkeypatch):
+def test_precomputation_that_cannot_fit_the_disk_bound_says_so_before_writing(fast_model, frames, tmp_path):
+    from napari_sam2 import InputError
+
+    frame_bytes = 0
+    for index, key in precompute_features(fast_model, frames, FeatureCache(0, ZarrTensorStore(tmp_path / "probe"))):
+        frame_bytes = ZarrTensorStore(tmp_path / "probe").disk_bytes() / (index + 1)
+    store = ZarrTensorStore(tmp_path / "small", max_bytes=int(frame_bytes * (N_FRAMES - 2)))
+    with pytest.raises(InputError, match=f"these {N_FRAMES} frames.*NAPARI_SAM2_FEATURES_MAX_GB"):
+        list(precompute_features(fast_model, frames, FeatureCache(0, store)))
+    assert store.keys() == []
+
+
+def test_the_limits_come_from_the_environment(monkeypatch):
     from napari_sam2 import InputError
     from napari_sam2.core import feature_store
+    from napari_sam2.core.tensor_store import size_limit
 
     monkeypatch.setenv("NAPARI_SAM2_FEATURE_CACHE_MB", "1.5")
-    assert feature_store.memory_limit("NAPARI_SAM2_FEATURE_CACHE_MB", 7) == int(1.5 * (1 << 20))
+    assert size_limit("NAPARI_SAM2_FEATURE_CACHE_MB", 7) == int(1.5 * (1 << 20))
     monkeypatch.delenv("NAPARI_SAM2_FEATURE_CACHE_MB")
-    assert feature_store.memory_limit("NAPARI_SAM2_FEATURE_CACHE_MB", 7) == 7
+    assert size_limit("NAPARI_SAM2_FEATURE_CACHE_MB", 7) == 7
     for bad in ("lots", "-1"):
         monkeypatch.setenv("NAPARI_SAM2_FEATURE_CACHE_MB", bad)
         with pytest.raises(InputError, match="NAPARI_SAM2_FEATURE_CACHE_MB"):
-            feature_store.memory_limit("NAPARI_SAM2_FEATURE_CACHE_MB", 7)
+            size_limit("NAPARI_SAM2_FEATURE_CACHE_MB", 7)
     monkeypatch.setenv("NAPARI_SAM2_FEATURES", os.fspath("/some/where"))
+    monkeypatch.setenv("NAPARI_SAM2_FEATURES_MAX_GB", "0.5")
     assert str(feature_store.feature_cache_dir()) == "/some/where"
     assert shared_feature_cache().store.folder == feature_store.feature_cache_dir()
+    assert shared_feature_cache().store.max_bytes == 1 << 29
+    monkeypatch.delenv("NAPARI_SAM2_FEATURES_MAX_GB")
+    assert shared_feature_cache().store.max_bytes == 20 << 30

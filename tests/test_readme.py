@@ -144,9 +144,10 @@ def test_every_python_block_runs_as_written(readme_model, tmp_path, monkeypatch)
     assert engine["masks"].shape[1:] == engine["stack"].shape[1:]
     assert engine["result"].frame_idx == len(engine["stack"]) - 1  # tracked forward to the last slice
     assert tuple(engine["result"].mask_logits.shape[-2:]) == engine["stack"].shape[1:]
-    from napari_sam2.core.feature_store import ZarrFeatureStore, feature_cache_dir
+    from napari_sam2.core.feature_store import feature_cache_dir
+    from napari_sam2.core.tensor_store import ZarrTensorStore
 
-    stored = ZarrFeatureStore(feature_cache_dir()).keys()  # the third block stored every slice's features
+    stored = ZarrTensorStore(feature_cache_dir()).keys()  # the third block stored every slice's features
     assert len(features["stack"]) == 24 and len(stored) >= 24
     assert tracking["result"].labels.shape == tracking["movie"].shape
     assert set(np.unique(tracking["truth"][0])) <= set(np.unique(tracking["result"].labels[0])) | {0}

@@ -209,6 +209,31 @@ def test_sessions_share_the_process_wide_track_cache(fast_model, stack, tracked)
             np.testing.assert_array_equal(other[frame], labels[0][frame])
 
 
+def test_passes_kept_on_disk_are_replayed_after_a_restart(fast_model, stack, tracked, tmp_path, monkeypatch):
+    """The shared cache writes every pass to its disk store (behind the tracking); a new process, whose memory holds
+    nothing, replays them from there: no object-frame tracked, the same labels."""
+    monkeypatch.setenv("NAPARI_SAM2_TRACKS", str(tmp_path / "tracks"))
+    monkeypatch.setenv("NAPARI_SAM2_TRACKS_MAX_GB", "1")
+    cache = shared_track_cache()
+    assert cache.store.folder == tmp_path / "tracks" and cache.store.max_bytes == 1 << 30
+    prompts = [Prompt(frame=3, obj_id=obj_id, points=[xy]) for obj_id, xy in clicks(stack, n=2).items()]
+    labels, counts = [], []
+    for _ in range(2):
+        cache.clear()  # memory only: as a new process finds it
+        with TrackingSession(stack[0], model=fast_model, device="cpu", prefetch=0) as session:
+            session.set_prompts(prompts)
+            tracked[0] = 0
+            labels.append({r.frame: r.labels for r in session.propagate("both")})
+            counts.append(tracked[0])
+        cache.store.flush()
+    assert counts == [2 * (N_FRAMES - 1), 0]
+    assert len(cache.store.keys()) == 4 and cache.store_hits == 4  # two objects, two directions
+    for frame in labels[0]:
+        np.testing.assert_array_equal(labels[1][frame], labels[0][frame])
+    monkeypatch.setenv("NAPARI_SAM2_TRACKS_MAX_GB", "0")
+    assert shared_track_cache().store is None  # 0: nothing on disk
+
+
 # ---- the invariant: the track cache never changes a result -------------------------------------------------------
 
 SHORT = 6

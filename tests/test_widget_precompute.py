@@ -20,7 +20,8 @@ from napari_sam2._napari.controller import PRECOMPUTE
 from napari_sam2._napari.layer_prompts import OBJ_ID, POSITIVE
 from napari_sam2._napari.prompt_layers import polarity_from_click
 from napari_sam2.api import Prompt, segment_stack
-from napari_sam2.core.feature_store import ZarrFeatureStore, shared_feature_cache
+from napari_sam2.core.feature_store import shared_feature_cache
+from napari_sam2.core.tensor_store import ZarrTensorStore
 
 pytestmark = pytest.mark.gui
 
@@ -80,7 +81,7 @@ def test_precompute_stores_every_slice_with_progress_and_writes_no_labels(make_n
     assert seen.finished == [(PRECOMPUTE, n)]
     assert "stored" in widget.status.value, widget.status.value
     assert widget.features.value == f"features cached: {n} / {n} slices"
-    assert len(ZarrFeatureStore(features).keys()) == n
+    assert len(ZarrTensorStore(features).keys()) == n
     assert len(encoder_calls) == n
     assert not widget.prompt_layers.labels.data.any(), "Precompute writes no labels"
     assert widget.precompute_button.enabled and widget.propagate_button.enabled and not widget.cancel_button.enabled
@@ -90,7 +91,7 @@ def test_precompute_stores_every_slice_with_progress_and_writes_no_labels(make_n
     precompute(widget, qtbot)
     assert len(encoder_calls) == n
     assert widget.features.value == f"features cached: {n} / {n} slices"
-    assert len(ZarrFeatureStore(features).keys()) == n
+    assert len(ZarrTensorStore(features).keys()) == n
 
 
 def test_after_precompute_propagate_skips_the_encoder_and_gives_the_same_labels(
@@ -104,7 +105,7 @@ def test_after_precompute_propagate_skips_the_encoder_and_gives_the_same_labels(
     clear_feature_memory()
     expected = segment_stack(small_stack, prompts, model=fast_model)
     assert set(np.unique(expected)) == {0, 1, 2}
-    assert ZarrFeatureStore(empty).keys() == []
+    assert ZarrTensorStore(empty).keys() == []
     assert len(encoder_calls) >= small_stack.shape[0]  # the encoder ran (the counting works)
     monkeypatch.setenv("NAPARI_SAM2_FEATURES", str(features))
 
@@ -116,7 +117,7 @@ def test_after_precompute_propagate_skips_the_encoder_and_gives_the_same_labels(
     before = len(encoder_calls)
     precompute(widget, qtbot)
     n = small_stack.shape[0]
-    assert len(ZarrFeatureStore(features).keys()) == n and len(encoder_calls) - before == n
+    assert len(ZarrTensorStore(features).keys()) == n and len(encoder_calls) - before == n
 
     clear_feature_memory()  # the features must come from disk
     before = len(encoder_calls)

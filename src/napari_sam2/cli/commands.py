@@ -486,14 +486,14 @@ def _add_track_commands(subparsers) -> None:
 
 
 def _embed(args: argparse.Namespace) -> int:
-    from ..core.feature_store import feature_cache_dir
+    from ..core.feature_store import shared_feature_cache
     from . import file_segmentation as files
 
     stacks = files.expand_inputs(args.stacks)
     for path in stacks:  # every stack's layout first: bad input stops everything before any work (exit 2)
         files.stack_layout(path, axis=args.axis, channels=args.channels)
     model = _model_for(args)
-    failed = 0
+    failed, evicted_before = 0, shared_feature_cache().store.evicted
     for path in stacks:
         bar = None if args.quiet else models.TextProgressBar(path.name, unit="frames")
         try:
@@ -507,8 +507,14 @@ def _embed(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
+    store = shared_feature_cache().store
+    evicted = store.evicted - evicted_before
+    if evicted:  # the user asked for all of these: say that older ones made room
+        _warning(f"{evicted} frames' features stored earlier were removed to keep {store.folder} within "
+               f"{store.max_bytes / 2**30:.1f} GiB (NAPARI_SAM2_FEATURES_MAX_GB)")
     if not args.quiet:
-        print(f"features stored in {feature_cache_dir()}", file=sys.stderr)
+        print(f"features stored in {store.folder} ({store.disk_bytes() / 2**30:.2f} GiB of at most "
+              f"{store.max_bytes / 2**30:.1f} GiB)", file=sys.stderr)
     return EXIT_FAILURE if failed else EXIT_OK
 
 

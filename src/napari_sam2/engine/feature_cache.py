@@ -41,7 +41,7 @@ def feature_key(model, image: torch.Tensor) -> str:
 class FeatureCache(TensorCache):
     """A TensorCache of frame features: entries are tuples of CPU tensors (vision, high_res_0, high_res_1) under
     `feature_key`s; `Sam2Model.cacheable` / `features_from` convert from and to FrameFeatures. `store`: e.g.
-    napari_sam2.core.feature_store.ZarrFeatureStore."""
+    napari_sam2.core.tensor_store.ZarrTensorStore."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, store: Optional[TensorStore] = None,
                  write_store: bool = False):

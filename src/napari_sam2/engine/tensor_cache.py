@@ -16,13 +16,15 @@ def nbytes(tensors) -> int:
 
 
 class TensorStore(Protocol):
-    """A second, slower tier behind the in-memory cache (e.g. `napari_sam2.core.feature_store.ZarrFeatureStore`)."""
+    """A second, slower tier behind the in-memory cache (e.g. `napari_sam2.core.tensor_store.ZarrTensorStore`)."""
 
     def __contains__(self, key: str) -> bool: ...
 
     def get(self, key: str) -> Optional[tuple]: ...
 
     def put(self, key: str, tensors: tuple) -> None: ...
+
+    def is_empty(self) -> bool: ...
 
 
 class TensorCache:
@@ -47,6 +49,10 @@ class TensorCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def is_empty(self) -> bool:
+        """Whether neither memory nor the store holds an entry."""
+        return not self._entries and (self.store is None or self.store.is_empty())
 
     def fits(self, nbytes: int) -> bool:
         """Whether an entry of `nbytes` bytes would be kept in memory."""

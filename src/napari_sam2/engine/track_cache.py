@@ -30,16 +30,18 @@ import torch
 import xxhash
 
 from .object_state import ObjectOutput
-from .tensor_cache import TensorCache
+from .tensor_cache import TensorCache, TensorStore
 
 DEFAULT_MAX_BYTES = 1 << 30  # about 1400 object-frames at 1024 px
 
 
 class TrackCache(TensorCache):
-    """A TensorCache of passes: entries are `pack`ed outputs under `pass_key`s (in host memory only)."""
+    """A TensorCache of passes: entries are `pack`ed outputs under `pass_key`s, in host memory and, with a `store`
+    (e.g. napari_sam2.core.tensor_store.ZarrTensorStore), also there: every pass kept is written to it, and a pass
+    memory lacks is looked up there."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
-        super().__init__(max_bytes)
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, store: Optional[TensorStore] = None):
+        super().__init__(max_bytes, store, write_store=True)
 
 
 def pass_prefix(settings: str, history: str, cond: Mapping[int, ObjectOutput], reverse: bool) -> str:

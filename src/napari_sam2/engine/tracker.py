@@ -438,7 +438,7 @@ class Tracker:
                 if obj.history is None:
                     continue
                 prefixes[obj_id] = pass_prefix(self.track_settings, obj.history, obj.cond, reverse)
-                if len(cache):  # an empty cache needs no frame keys yet (reading frames to hash them costs)
+                if not cache.is_empty():  # an empty cache needs no frame keys yet (reading frames to hash them costs)
                     entry = cache.get(pass_key(prefixes[obj_id], [self._frame_key(t) for t in frames]))
                     if entry is not None:
                         replays[obj_id] = unpack(entry)
