@@ -511,7 +511,7 @@ def _embed(args: argparse.Namespace) -> int:
     evicted = store.evicted - evicted_before
     if evicted:  # the user asked for all of these: say that older ones made room
         _warning(f"{evicted} frames' features stored earlier were removed to keep {store.folder} within "
-               f"{store.max_bytes / 2**30:.1f} GiB (NAPARI_SAM2_FEATURES_MAX_GB)")
+                 f"{store.max_bytes / 2**30:.1f} GiB (NAPARI_SAM2_FEATURES_MAX_GB)")
     if not args.quiet:
         print(f"features stored in {store.folder} ({store.disk_bytes() / 2**30:.2f} GiB of at most "
               f"{store.max_bytes / 2**30:.1f} GiB)", file=sys.stderr)
