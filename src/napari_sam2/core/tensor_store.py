@@ -58,8 +58,7 @@ class ZarrTensorStore:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="napari-sam2-store") if background else None
         self._pending: list = []
         self._warned = False
-        if background:
-            _finish_at_exit(self)
+        self._exit_hook = False  # registered at the first background write: making a store has no side effect
 
     def _path(self, key: str) -> Path:
         if not key or "/" in key or "\\" in key or key.startswith("."):
@@ -112,6 +111,9 @@ class ZarrTensorStore:
             self._write(key, entry)
             return
         with self._lock:
+            if not self._exit_hook:
+                self._exit_hook = True
+                _finish_at_exit(self)
             self._pending = [f for f in self._pending if not f.done()]
             try:
                 self._pending.append(self._writer.submit(self._write_quietly, key, entry))

@@ -32,16 +32,13 @@ def track_cache_dir() -> Path:
 
 
 def track_store() -> ZarrTensorStore | None:
-    """A new on-disk track store as the environment sets it, or None where NAPARI_SAM2_TRACKS_MAX_GB is 0."""
-    return _store(*_store_setting())
+    """The on-disk track store as the environment sets it, or None where NAPARI_SAM2_TRACKS_MAX_GB is 0."""
+    bound = size_limit("NAPARI_SAM2_TRACKS_MAX_GB", DEFAULT_DISK_BYTES, "GiB")
+    return ZarrTensorStore(track_cache_dir(), bound, setting="NAPARI_SAM2_TRACKS", background=True) if bound else None
 
 
-def _store_setting() -> tuple[Path, int]:
-    return track_cache_dir(), size_limit("NAPARI_SAM2_TRACKS_MAX_GB", DEFAULT_DISK_BYTES, "GiB")
-
-
-def _store(folder: Path, bound: int) -> ZarrTensorStore | None:
-    return ZarrTensorStore(folder, bound, setting="NAPARI_SAM2_TRACKS", background=True) if bound else None
+def _where(store: ZarrTensorStore | None):
+    return None if store is None else (store.folder, store.max_bytes)
 
 
 def shared_track_cache() -> TrackCache:
@@ -49,11 +46,9 @@ def shared_track_cache() -> TrackCache:
     disk store (`track_store`, followed when the environment changes)."""
     global _shared
     with _lock:
-        setting = _store_setting()
+        store = track_store()
         if _shared is None:
-            _shared = TrackCache(size_limit("NAPARI_SAM2_TRACK_CACHE_MB", DEFAULT_MAX_BYTES), _store(*setting))
-        else:
-            store = _shared.store
-            if (store is None and setting[1]) or (store is not None and setting != (store.folder, store.max_bytes)):
-                _shared.store = _store(*setting)
+            _shared = TrackCache(size_limit("NAPARI_SAM2_TRACK_CACHE_MB", DEFAULT_MAX_BYTES), store)
+        elif _where(store) != _where(_shared.store):
+            _shared.store = store
         return _shared
