@@ -7,15 +7,18 @@
 2. fps: frames per second of a propagation for each variant (tiny, small, base+, large) with 1 and 8 objects;
 3. memory: peak device memory over a long propagation (--long-frames, 500 by default) with tiny and one object;
 4. reference (when Meta's `sam2` package imports, e.g. carried as wheels): the same propagation in Meta's eager
-   predictor, and the speed-up.
+   predictor, and the speed-up;
+5. compile: `Sam2Model.compile` (torch.compile, --compile-backend / --compile-mode) with tiny: the first click's wait
+   (the compilation), whether any later number of clicks or a box compiles again (it must not), the propagation's
+   FPS compiled and eager with 1 and 8 objects, and the golden video scenarios run compiled in float32 (the
+   deviation compilation alone brings).
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out results.json                 # on the GPU machine
     python benchmarks/gpu_check.py --device cpu --quick --golden-dir tests/data/golden_extra   # plumbing, on a CPU
 
 --quick: only sam2.1_hiera_t, a 256-px input, 4 frames, an 8-frame long run. The golden folder must hold the
 reference's compare.py beside its scenarios' parent (as ../shared/reference does) or --compare gives it; a folder of
-the extra golden scenarios (tests/data/golden_extra, 256 px) works too. torch.compile is not offered by the engine
-yet, and is reported so.
+the extra golden scenarios (tests/data/golden_extra, 256 px) works too.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compiled_clicks import varied_clicks  # noqa: E402
 from image_golden import run_image_scenario  # noqa: E402  (the golden tests' own runners)
 from video_golden import GoldenFrames, TensorFrames, frames_from_spec, model_inputs, run_calls  # noqa: E402
 
@@ -67,11 +71,14 @@ def golden_scenarios(folder: Path, names=None):
             yield path.stem, side, {k: z[k] for k in z.files}
 
 
-def run_golden(name, side, gold, device, args):
-    """Our outputs of one golden scenario on `device`, in the current precision."""
+def run_golden(name, side, gold, device, args, compiled=False):
+    """Our outputs of one golden scenario on `device`, in the current precision (with `compiled`, by the model
+    compiled as --compile-backend / --compile-mode say)."""
     size = side.get("image_size")
     config = get_config(side["config"]) if size is None else get_config(side["config"]).with_(image_size=size)
     model = load_model(checkpoint(side["config"], side["checkpoint"]["seed"], args.cache), device=device, config=config)
+    if compiled:
+        model.compile(backend=args.compile_backend, mode=args.compile_mode)
     if "prompts" in side:
         return run_image_scenario(model, side, gold)
     if "frames_u8" in gold:
@@ -92,21 +99,28 @@ def summarise(rows):
             "lowest_mask_agreement": min(agreement, default=None), "first_out": [r["array"] for r in bad[:5]]}
 
 
-def check_golden(device, args):
+def golden_results(device, args, compiled=False, kind=""):
+    """Each golden scenario (of `kind`, "image" or "video", or all) run and compared with Meta's outputs."""
     compare = load_compare(args.compare)
+    results = {}
+    for name, side, gold in golden_scenarios(args.golden_dir, args.scenarios):
+        if not name.startswith(kind):
+            continue
+        start = time.perf_counter()
+        produced = run_golden(name, side, gold, device, args, compiled)
+        results[name] = {"seconds": round(time.perf_counter() - start, 1),
+                         **summarise(compare.compare_one(side, gold, produced))}
+    return results
+
+
+def check_golden(device, args):
     report = {}
     for precision in ("float32", "auto"):
         os.environ["NAPARI_SAM2_PRECISION"] = precision
         label = str(autocast_dtype(device) or torch.float32).removeprefix("torch.")
         if label in report:  # the device's default is float32 (a CPU): nothing more to run
             continue
-        results = {}
-        for name, side, gold in golden_scenarios(args.golden_dir, args.scenarios):
-            start = time.perf_counter()
-            produced = run_golden(name, side, gold, device, args)
-            results[name] = {"seconds": round(time.perf_counter() - start, 1),
-                             **summarise(compare.compare_one(side, gold, produced))}
-        report[label] = results
+        report[label] = golden_results(device, args)
     os.environ.pop("NAPARI_SAM2_PRECISION", None)
     report["float32_all_within_tolerance"] = all(r["out_of_tolerance"] == 0 for r in report["float32"].values())
     return report
@@ -144,7 +158,8 @@ def propagate_fps(model, frames, n_obj, device):
     tracker = Tracker(model, frames)
     for obj_id, points in frames.prompts(n_obj):
         tracker.add_prompt(0, obj_id, points=points, labels=[1])
-    next(iter(tracker.propagate(max_frame_num_to_track=1)))  # warm-up (kernels, allocator)
+    for _ in tracker.propagate(max_frame_num_to_track=2):  # warm-up: two tracked frames (kernels, compilation, allocator)
+        pass
     tracker.clear_tracking()
     sync(device)
     start = time.perf_counter()
@@ -154,21 +169,55 @@ def propagate_fps(model, frames, n_obj, device):
     return n / (time.perf_counter() - start)
 
 
+def benchmark_model(variant, device, args):
+    return load_model(checkpoint(variant, 0, args.cache), device=device,
+                      config=get_config(variant).with_(image_size=args.image_size))
+
+
 def check_fps(device, args):
     out = {}
     for variant in args.variants:
-        model = load_model(checkpoint(variant, 0, args.cache), device=device,
-                           config=get_config(variant).with_(image_size=args.image_size))
+        model = benchmark_model(variant, device, args)
         frames = DeviceFrames(args.frames, args.image_size)
         out[variant] = {f"{n}_obj": round(propagate_fps(model, frames, n, device), 2) for n in (1, 8)}
         del model
     return out
 
 
+def check_compile(device, args):
+    import torch._dynamo
+
+    variant = args.variants[0]
+    model = benchmark_model(variant, device, args).compile(backend=args.compile_backend, mode=args.compile_mode)
+    frames = DeviceFrames(args.frames, args.image_size)
+    tracker = Tracker(model, frames)
+    (obj_id, points), = frames.prompts(1)
+    start = time.perf_counter()
+    tracker.set_prompt(0, obj_id, points=points, labels=[1])
+    sync(device)
+    out = {"variant": variant, "backend": args.compile_backend, "mode": args.compile_mode,
+           "first_click_s": round(time.perf_counter() - start, 1)}
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            out["later_prompts"] = len(varied_clicks(tracker, obj_id, points))
+        out["recompiled_for_clicks"] = False
+    except Exception as error:  # torch._dynamo's RecompileError, raised through the tracker
+        out["recompiled_for_clicks"] = f"{type(error).__name__}: {str(error)[:300]}"
+    tracker.close()
+    eager = benchmark_model(variant, device, args)
+    for n in (1, 8):
+        compiled_fps, eager_fps = propagate_fps(model, frames, n, device), propagate_fps(eager, frames, n, device)
+        out[f"{n}_obj"] = {"compiled_fps": round(compiled_fps, 2), "eager_fps": round(eager_fps, 2),
+                           "speedup": round(compiled_fps / eager_fps, 3)}
+    os.environ["NAPARI_SAM2_PRECISION"] = "float32"
+    out["golden_float32"] = golden_results(device, args, compiled=True, kind="video")
+    os.environ.pop("NAPARI_SAM2_PRECISION", None)
+    return out
+
+
 def check_memory(device, args):
     variant = args.variants[0]
-    model = load_model(checkpoint(variant, 0, args.cache), device=device,
-                       config=get_config(variant).with_(image_size=args.image_size))
+    model = benchmark_model(variant, device, args)
     frames = DeviceFrames(args.long_frames, args.image_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -204,7 +253,10 @@ def main():
                     help="the golden folder whose videos the extra scenarios take their frames from")
     ap.add_argument("--scenarios", type=lambda text: set(text.split(",")), help="only these golden scenarios")
     ap.add_argument("--quick", action="store_true", help="tiny only, 256 px, few frames: to check the plumbing")
-    ap.add_argument("--skip", default="", help="comma-separated parts to leave out: golden, fps, memory, reference")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to leave out: golden, fps, memory, reference, compile")
+    ap.add_argument("--compile-backend", default="inductor", help="torch.compile's backend for the compile part")
+    ap.add_argument("--compile-mode", help="torch.compile's mode for the compile part (default: its default)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "test-checkpoints"))
     args = ap.parse_args()
@@ -218,11 +270,11 @@ def main():
     skip = {part for part in args.skip.split(",") if part}
     device = resolve_device(args.device)
     report = {"device": str(device), "torch": torch.__version__,
-              "default_precision": str(autocast_dtype(device) or torch.float32).removeprefix("torch."),
-              "torch_compile": "not offered by the engine yet"}
+              "default_precision": str(autocast_dtype(device) or torch.float32).removeprefix("torch.")}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
-    checks = {"golden": check_golden, "fps": check_fps, "memory": check_memory, "reference": check_reference}
+    checks = {"golden": check_golden, "fps": check_fps, "memory": check_memory, "reference": check_reference,
+              "compile": check_compile}
     for name, check in checks.items():
         if name in skip:
             continue

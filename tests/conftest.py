@@ -134,6 +134,11 @@ def small_stack_clicks(small_stack, fast_model):
 
 @pytest.fixture(scope="session")
 def mini_model():
+    """A miniature SAM2.1 (`build_mini_model`), shared by the tests of a session."""
+    return build_mini_model()
+
+
+def build_mini_model():
     """A miniature SAM2.1 (128-px input, 8-channel one-block-per-stage Hiera, 32-dim decoder and memory) with
     synthetic weights: every code path of the tracker at ~0.05 s per frame, for property tests over many action
     sequences. Seed 1 gives masks that vary from frame to frame (seed 0 gives empty ones)."""
@@ -176,7 +181,7 @@ def use_fast_model(monkeypatch, fast_model):
 
     asked = []
 
-    def load(name_or_path, device, quiet):
+    def load(name_or_path, device, quiet, compile):
         asked.append((name_or_path, device))
         return fast_model
 

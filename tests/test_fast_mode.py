@@ -50,10 +50,10 @@ def test_segment_stack_fast_is_the_model_run_at_512_px(full_model, synthetic_che
 def test_the_command_line_fast_switch_loads_the_fast_variant(monkeypatch, full_model):
     from napari_sam2.cli import commands as cli
 
-    monkeypatch.setattr(cli, "_load_model", lambda name, device, quiet: full_model)
-    args = argparse.Namespace(model="m", device="cpu", quiet=True, fast=True)
+    monkeypatch.setattr(cli, "_load_model", lambda name, device, quiet, compile: full_model)
+    args = argparse.Namespace(model="m", device="cpu", quiet=True, fast=True, compile=False)
     assert cli._model_for(args) is fast_variant(full_model)
-    assert cli._model_for(argparse.Namespace(model="m", device="cpu", quiet=True, fast=False)) is full_model
+    assert cli._model_for(argparse.Namespace(model="m", device="cpu", quiet=True, fast=False, compile=False)) is full_model
     assert cli.build_parser().parse_args(["embed", "x.tif", "--fast"]).fast is True
     assert cli.build_parser().parse_args(["segment", "x.tif", "--fast"]).fast is True
     assert cli.build_parser().parse_args(["embed", "x.tif"]).fast is False

@@ -18,7 +18,7 @@ def test_gpu_check_runs_on_the_cpu_and_passes_its_golden_check(golden_dir, tmp_p
         sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--quick",
         "--golden-dir", str(ROOT / "tests" / "data" / "golden_extra"), "--frames-dir", str(golden_dir),
         "--compare", str(golden_dir.parent / "compare.py"), "--scenarios", "video_sam2_t_correction_after_reverse",
-        "--skip", "reference", "--out", str(out),
+        "--skip", "reference", "--compile-backend", "eager", "--out", str(out),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -33,3 +33,8 @@ def test_gpu_check_runs_on_the_cpu_and_passes_its_golden_check(golden_dir, tmp_p
     assert fps["1_obj"] > 0 and fps["8_obj"] > 0
     assert report["memory"]["frames"] == 8 and report["memory"]["peak_device_mib"] is None  # no device memory on a CPU
     assert "reference" not in report
+    compiled = report["compile"]  # dynamo's tracing with eager kernels here: inductor is tests/test_compile.py's
+    assert compiled["backend"] == "eager" and compiled["later_prompts"] == 5 and compiled["recompiled_for_clicks"] is False
+    assert compiled["1_obj"]["compiled_fps"] > 0 and compiled["8_obj"]["speedup"] > 0
+    row = compiled["golden_float32"]["video_sam2_t_correction_after_reverse"]
+    assert row["arrays"] > 10 and row["out_of_tolerance"] == 0

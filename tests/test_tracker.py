@@ -168,7 +168,7 @@ def test_large_buffers_bypass_the_heap(fast_model, frames, monkeypatch):
     from napari_sam2.cli import commands as cli
 
     monkeypatch.setattr(cli, "_load_model", lambda *args: fast_model)
-    cli._model_for(SimpleNamespace(model="m", device="cpu", quiet=True, fast=False))
+    cli._model_for(SimpleNamespace(model="m", device="cpu", quiet=True, fast=False, compile=False))
     assert calls == [1]
 
 

@@ -135,7 +135,7 @@ def _model_for(args: argparse.Namespace):
     from ..engine.host_memory import tune_host_memory
 
     tune_host_memory()
-    model = _load_model(args.model, args.device, args.quiet)
+    model = _load_model(args.model, args.device, args.quiet, args.compile or None)  # None: as the environment says
     if args.fast:
         from ..models.loaded import fast_variant
 
@@ -143,7 +143,7 @@ def _model_for(args: argparse.Namespace):
     return model
 
 
-def _load_model(name_or_path: str, device: str, quiet: bool):
+def _load_model(name_or_path: str, device: str, quiet: bool, compile: bool | None):
     from ..models.loaded import get_model
 
     bar = None if quiet else models.TextProgressBar(f"downloading {name_or_path}")
@@ -152,7 +152,7 @@ def _load_model(name_or_path: str, device: str, quiet: bool):
     finally:
         if bar is not None:
             bar.close()
-    return get_model(path, device)
+    return get_model(path, device, compile=compile)
 
 
 def _preprocessing(name_or_path: str):
@@ -345,6 +345,11 @@ def _add_stack_options(command) -> None:
         "--fast", action="store_true",
         help="a 512-px model input instead of 1024: about 5x quicker on a CPU, coarser masks (default: exact SAM2)",
     )
+    command.add_argument(
+        "--compile", action="store_true",
+        help="compile the model with torch.compile (for GPUs: the first slice waits a minute or more; default: not, "
+             "or as NAPARI_SAM2_COMPILE says)",
+    )
     command.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -529,8 +534,8 @@ def _add_embed_commands(subparsers) -> None:
             "and store the features on disk, in the napari-sam2 cache (~16 MiB per frame at 1024 px). `segment`\n"
             "and the napari widget then skip the encoder for these frames, with the same results. Frames already\n"
             "stored are skipped, so an interrupted run resumes. Give the same --model, --axis, --channels,\n"
-            "--intensity-range and --fast as you will segment with: the features are found again only for the same\n"
-            "frames shown the same way to the same model, on the same kind of device."
+            "--intensity-range, --fast and --compile as you will segment with: the features are found again only for\n"
+            "the same frames shown the same way to the same model, computing the same way on the same kind of device."
         ),
         epilog="example:\n  napari-sam2 embed 'data/*.tif' --model sam2.1_hiera_tiny\n\n"
         "exit status: 0 all stored, 2 bad usage or input, 1 a stack failed.",

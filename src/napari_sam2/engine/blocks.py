@@ -131,11 +131,12 @@ def apply_rope(x, cos, sin, repeat: int = 1):
     `repeat` times along n, in float32 (under bf16 too, as Meta's code does).
 
     A complex product, as in Meta's code (the same bits as the real arithmetic, in one kernel: 4x quicker on CPU);
-    on MPS, where complex tensors are not fully supported, the real arithmetic.
+    on MPS, where complex tensors are not fully supported, and in compiled code, which generates no kernels for
+    complex operators but fuses the real ones into one, the real arithmetic.
     """
     dtype = x.dtype
     pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    if x.device.type == "mps":
+    if x.device.type == "mps" or torch.compiler.is_compiling():
         return rotate_pairs_real(pairs, cos.repeat(repeat, 1), sin.repeat(repeat, 1)).flatten(-2).to(dtype)
     rotation = torch.complex(cos, sin).repeat(repeat, 1)
     return torch.view_as_real(torch.view_as_complex(pairs) * rotation).flatten(-2).to(dtype)
@@ -214,6 +215,8 @@ class PositionEmbeddingSine(nn.Module):
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
 
     def forward(self, x):
+        if torch.compiler.is_compiling():  # a graph holds no cache: it computes its constants itself
+            return self._encode(x.shape[-2], x.shape[-1], x.device).expand(x.shape[0], -1, -1, -1).to(x.dtype)
         key = (x.shape[-2], x.shape[-1], x.device)
         if key not in self._cache:
             self._cache[key] = self._encode(x.shape[-2], x.shape[-1], x.device)

@@ -156,4 +156,5 @@ def at_image_size(model: Sam2Model, image_size: int) -> Sam2Model:
     resized = build_model(model.config.with_(image_size=image_size))
     resized.load_state_dict(model.state_dict(), strict=True)
     resized.requires_grad_(False)
-    return resized.to(model.device).eval()
+    resized = resized.to(model.device).eval()
+    return resized if model.compiled is None else resized.compile(**model.compiled)

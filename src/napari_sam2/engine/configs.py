@@ -103,7 +103,6 @@ class ModelConfig:
     memory_attention_num_heads: int = 1
     memory_attention_dim_feedforward: int = 2048
     rope_theta: float = 10000.0  # 2D axial RoPE of memory attention
-    rope_feat_sizes: tuple[int, int] = (64, 64)  # RoPE grid built at construction (rebuilt for other grids)
     max_cond_frames_in_attn: int = -1  # conditioning frames attended to: -1 = all
     # ---- SAM2.1 flags (all False for SAM2) -----------------------------------------------------------------------
     add_tpos_enc_to_obj_ptrs: bool = True

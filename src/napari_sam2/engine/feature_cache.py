@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 import xxhash
 
-from .devices import autocast, autocast_dtype
+from .devices import autocast
 from .host_memory import outside_heap
 from .tensor_cache import TensorCache, TensorStore
 
@@ -29,13 +29,13 @@ DEFAULT_MAX_BYTES = 2 << 30  # 128 frames of a 1024-px model
 
 
 def feature_key(model, image: torch.Tensor) -> str:
-    """The cache key of `model`'s features of `image` ((3, S, S) float32 model input): model signature, precision
-    (e.g. "cpu-float32", "cuda-bfloat16") and the xxh3-128 hash of the input's values, shape and dtype."""
-    dtype = autocast_dtype(model.device) or torch.float32
+    """The cache key of `model`'s features of `image` ((3, S, S) float32 model input): model signature, numerics
+    (e.g. "cpu-float32", "cuda-bfloat16", `Sam2Model.numerics`) and the xxh3-128 hash of the input's values, shape
+    and dtype."""
     data = image.detach().to("cpu", torch.float32).contiguous()
     digest = xxhash.xxh3_128(data.numpy().tobytes())
     digest.update(repr(tuple(data.shape)).encode())
-    return f"{model.signature}-{model.device.type}-{str(dtype).removeprefix('torch.')}-{digest.hexdigest()}"
+    return f"{model.signature}-{model.numerics}-{digest.hexdigest()}"
 
 
 class FeatureCache(TensorCache):

@@ -149,8 +149,9 @@ class Hiera(nn.Module):
 
     def _pos_embed(self, hw):
         # the same for every frame: kept per grid size and weights (at 1024 px on CPU it costs ~80 ms and
-        # three full-resolution buffers per frame); not kept where autograd would need its graph
-        if torch.is_grad_enabled():
+        # three full-resolution buffers per frame); not kept where autograd would need its graph, nor in compiled
+        # code (a graph cannot hold a cache keyed by data pointers; on a GPU the computation is a few microseconds)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return self._compute_pos_embed(hw)
         weights = (self.pos_embed, self.pos_embed_window)
         key = (tuple(hw), torch.is_autocast_enabled(self.pos_embed.device.type),

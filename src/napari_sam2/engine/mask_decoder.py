@@ -132,6 +132,7 @@ class MaskDecoder(nn.Module):
         self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
         self.stability_delta = dynamic_multimask_stability_delta
         self.stability_thresh = dynamic_multimask_stability_thresh
+        self.compiled = False  # `_predict` compiled (compile_prompt_side)
 
     def image_side(self, image_embeddings, image_pe, dense_prompt_embeddings) -> dict:
         """The part of the decoding that depends on the image and the dense prompt embedding alone, not on the
@@ -151,6 +152,8 @@ class MaskDecoder(nn.Module):
         pointers, and object score logits (B, 1); M = 3 or 1."""
         if image is None:
             image = self.image_side(image_embeddings, image_pe, dense_prompt_embeddings)
+        if self.compiled:  # the number of prompt tokens changes with every click: a dynamic size of the compiled code
+            torch._dynamo.maybe_mark_dynamic(sparse_prompt_embeddings, 1)
         masks, iou_pred, mask_tokens_out, object_score_logits = self._predict(
             image, sparse_prompt_embeddings, high_res_features,
         )
@@ -164,6 +167,13 @@ class MaskDecoder(nn.Module):
                 masks, iou_pred = masks[:, 0:1], iou_pred[:, 0:1]
             sam_tokens_out = mask_tokens_out[:, 0:1]
         return masks, iou_pred, sam_tokens_out, object_score_logits
+
+    def compile_prompt_side(self, **options) -> None:
+        """torch.compile (with `options`) the decoding of prompt tokens against `image_side`: the transformer, the
+        upscaling and the heads. The choice among multimask outputs stays outside, so that one compiled graph
+        serves a click and several clicks alike."""
+        self._predict = torch.compile(self._predict, **options)
+        self.compiled = True
 
     def _predict(self, image, sparse, high_res_features):
         output_tokens = torch.cat([self.obj_score_token.weight, self.iou_token.weight, self.mask_tokens.weight], dim=0)

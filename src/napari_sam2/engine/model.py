@@ -18,7 +18,7 @@ from torch import nn
 
 from .blocks import MLP, PositionEmbeddingSine, sine_pe_1d
 from .configs import ModelConfig
-from .devices import interpolate
+from .devices import autocast_dtype, interpolate
 from .hiera import Hiera
 from .image_encoder import FpnNeck, ImageEncoder
 from .mask_decoder import MaskDecoder, TwoWayTransformer
@@ -95,7 +95,7 @@ class Sam2Model(nn.Module):
             num_heads=cfg.memory_attention_num_heads,
             dim_feedforward=cfg.memory_attention_dim_feedforward,
             rope_theta=cfg.rope_theta,
-            feat_sizes=cfg.rope_feat_sizes,
+            feat_sizes=cfg.image_embedding_size,  # Meta builds 64 x 64 and rebuilds for any other grid at its first call
         )
         self.memory_encoder = MemoryEncoder(
             in_dim=d,
@@ -143,6 +143,7 @@ class Sam2Model(nn.Module):
         self.no_obj_ptr = nn.Parameter(torch.zeros(1, d))
         if cfg.no_obj_embed_spatial:
             self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, mem_dim))
+        self.compiled: dict | None = None  # the torch.compile options of `compile`, once compiled
 
     @property
     def device(self) -> torch.device:
@@ -153,6 +154,38 @@ class Sam2Model(nn.Module):
     def image_size(self) -> int:
         """Side S of the square model input, pixels."""
         return self.config.image_size
+
+    @property
+    def numerics(self) -> str:
+        """How this model computes, as far as that decides the bits of its outputs: the device type, the autocast
+        precision and the torch.compile backend, e.g. "cpu-float32", "cuda-bfloat16-inductor". With `signature`,
+        part of every cached result's key."""
+        dtype = str(autocast_dtype(self.device) or torch.float32).removeprefix("torch.")
+        if self.compiled is None:
+            return f"{self.device.type}-{dtype}"
+        mode = self.compiled["mode"]
+        return f"{self.device.type}-{dtype}-{self.compiled['backend']}" + (f"-{mode}" if mode else "")
+
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> "Sam2Model":
+        """Compile the parts that run on every frame and every click with `torch.compile`, in place (returns self):
+        the image encoder, the memory attention, the memory encoder and the mask decoder's prompt side. Optional, for
+        GPUs (Meta's `vos_optimized` predictor does the same): the first frame and the first click wait while the
+        kernels are generated (a minute or more); after that the work meets no new shape that compiles again. The
+        number of clicks and box corners, and the memory growing over the first frames, are dynamic dimensions of
+        the compiled code; a new number of objects tracked together compiles once more.
+
+        Compiled kernels fuse operations and round differently: outputs agree with the eager model's within rounding,
+        not bit for bit, so results cached by one are not reused by the other (`numerics`). backend, mode:
+        torch.compile's ("inductor", and None, "max-autotune", ...)."""
+        if self.compiled is not None:
+            return self
+        options = {"backend": backend, "mode": mode}
+        self.image_encoder.compile(dynamic=False, **options)
+        self.memory_encoder.compile(**options)
+        self.memory_attention.compile(dynamic=True, **options)
+        self.sam_mask_decoder.compile_prompt_side(**options)
+        self.compiled = options
+        return self
 
     @property
     def signature(self) -> str:

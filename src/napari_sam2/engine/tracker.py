@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .devices import autocast, autocast_dtype
+from .devices import autocast
 from .feature_cache import FeatureCache, encode_image, feature_key
 from .host_memory import outside_heap, release_freed_host_memory
 from .memory_bank import AttendedMemory, gather_memory
@@ -121,8 +121,7 @@ class Tracker:
     @property
     def track_settings(self) -> str:
         """What besides prompts and frames decides a pass's outputs (part of every track-cache key)."""
-        dtype = autocast_dtype(self.device) or torch.float32
-        return (f"{self.model.signature}-{self.device.type}-{dtype}-holes{self.fill_hole_area}-frames{self.num_frames}"
+        return (f"{self.model.signature}-{self.model.numerics}-holes{self.fill_hole_area}-frames{self.num_frames}"
                 f"-batch{self.batch_objects}")
 
     def prompted_frames(self, obj_id: int) -> list[int]:

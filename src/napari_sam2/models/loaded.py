@@ -25,17 +25,20 @@ _lock = threading.Lock()
 FAST_IMAGE_SIZE = 512  # the fast mode's model input, pixels (SAM2's own is 1024)
 
 
-def get_model(model=DEFAULT_MODEL, device="auto", fast: bool = False) -> Sam2Model:
+def get_model(model=DEFAULT_MODEL, device="auto", fast: bool = False, compile: bool | None = None) -> Sam2Model:
     """A loaded model: ``model`` is a registry name (e.g. "sam2.1_hiera_tiny"), a registered local name, the path of
-    a checkpoint file, or an already loaded model (returned as it is, on its own device).
+    a checkpoint file, or an already loaded model (returned as it is, on its own device, compiled or not).
 
     An official model that is not downloaded yet is downloaded into the cache first. ``fast``: the same weights at a
-    FAST_IMAGE_SIZE input (see ``fast_variant``).
+    FAST_IMAGE_SIZE input (see ``fast_variant``). ``compile``: the model compiled with torch.compile
+    (``Sam2Model.compile``: for GPUs; the first frame waits a minute or more for it); None: as the environment
+    variable NAPARI_SAM2_COMPILE says (1 or 0; default 0), which reaches the napari widget too.
     """
     if fast:
-        return fast_variant(get_model(model, device))
+        return fast_variant(get_model(model, device, compile=compile))
     if isinstance(model, Sam2Model):
         return model
+    compiled = compile_wanted() if compile is None else bool(compile)
     if not isinstance(model, (str, os.PathLike)):
         raise InputError(
             f"model must be a model name (e.g. {DEFAULT_MODEL!r}), a checkpoint path or a loaded model; "
@@ -45,12 +48,14 @@ def get_model(model=DEFAULT_MODEL, device="auto", fast: bool = False) -> Sam2Mod
     target = resolve_device(device)
     stat = path.stat()
     # The file's size and time are part of the key, so a checkpoint replaced at the same path is loaded anew.
-    key = (str(path), stat.st_size, stat.st_mtime_ns, str(target))
+    key = (str(path), stat.st_size, stat.st_mtime_ns, str(target), compiled)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
         loaded = load_model(path, device=target)
+        if compiled:
+            loaded.compile()
         _cache[key] = loaded
         while len(_cache) > MAX_CACHED_MODELS:
             # The evicted model's GPU memory goes back once no session holds it (the allocator keeps it otherwise).
@@ -61,11 +66,21 @@ def get_model(model=DEFAULT_MODEL, device="auto", fast: bool = False) -> Sam2Mod
         return loaded
 
 
+def compile_wanted() -> bool:
+    """NAPARI_SAM2_COMPILE: 1 to compile the models get_model loads (Sam2Model.compile), 0 or unset not to."""
+    text = os.environ.get("NAPARI_SAM2_COMPILE", "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise InputError(f"NAPARI_SAM2_COMPILE must be 1 or 0; got {text!r}.")
+
+
 def fast_variant(model: Sam2Model) -> Sam2Model:
     """The fast mode of a model: its weights at a FAST_IMAGE_SIZE-pixel input instead of 1024 (a model already that
     small or smaller is returned as it is). On a CPU a tracked frame takes about a fifth of the time (the image
     encoder's cost falls with the input's area, memory attention's with its square); masks are coarser: thin or
-    small structures (under ~8 pixels of a 1024-px frame) may be lost. Made once per model."""
+    small structures (under ~8 pixels of a 1024-px frame) may be lost. Made once per model, compiled if it is."""
     if model.image_size <= FAST_IMAGE_SIZE:
         return model
     with _lock:
