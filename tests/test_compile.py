@@ -5,7 +5,6 @@ from the eager model's; get_model, NAPARI_SAM2_COMPILE and `--compile` switch it
 
 import argparse
 
-import numpy as np
 import pytest
 import torch
 import torch._dynamo
