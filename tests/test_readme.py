@@ -144,6 +144,7 @@ def test_every_python_block_runs_as_written(readme_model, tmp_path, monkeypatch)
     assert engine["masks"].shape[1:] == engine["stack"].shape[1:]
     assert engine["result"].frame_idx == len(engine["stack"]) - 1  # tracked forward to the last slice
     assert tuple(engine["result"].mask_logits.shape[-2:]) == engine["stack"].shape[1:]
+    assert tuple(engine["result"].owner.shape) == engine["stack"].shape[1:]
     from napari_sam2.core.feature_store import feature_cache_dir
     from napari_sam2.core.tensor_store import ZarrTensorStore
 

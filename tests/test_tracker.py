@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from napari_sam2 import InputError
+from napari_sam2.core.frame_labels import highest_logit_wins
 from napari_sam2.core.frames import StackFrames
 from napari_sam2.engine import Tracker, host_memory
+from napari_sam2.engine.results import pixel_owner
 from napari_sam2.io.sample_data import make_nuclei_stack
 
 N_FRAMES = 8
@@ -299,6 +301,29 @@ def test_non_overlapping_masks(fast_model, frames, stack):
     prompt_objects(tracker, stack)
     for result in tracker.propagate():
         assert (result.masks().sum(axis=0) <= 1).all()
+
+
+@pytest.mark.parametrize("non_overlap_masks", [False, True])
+def test_each_pixel_is_handed_out_to_the_object_with_the_highest_logit_and_float_logits_only_on_request(
+        fast_model, frames, stack, non_overlap_masks):
+    tracker = Tracker(fast_model, frames, non_overlap_masks=non_overlap_masks)
+    prompt_objects(tracker, stack)
+    owned = 0
+    for result in tracker.propagate():
+        assert "mask_logits" not in vars(result)  # not made until asked for
+        assert result.owner.dtype == torch.uint8 and tuple(result.owner.shape) == tracker.video_hw
+        expected = highest_logit_wins(result.mask_logits.numpy())  # computed now, on the host
+        owner = result.owner.numpy()
+        assert np.array_equal(owner[None] == np.arange(1, len(result.obj_ids) + 1)[:, None, None], expected)
+        owned += int((owner > 0).sum())
+    assert owned > 0
+
+
+def test_pixel_owner_takes_the_highest_logit_above_zero_and_the_first_of_equals():
+    logits = torch.tensor([[[1.0, -1.0, 2.0, 0.0]], [[0.5, -2.0, 2.0, 0.0]], [[3.0, -0.5, 1.0, 0.0]]])
+    assert pixel_owner(logits).tolist() == [[3, 0, 1, 0]]
+    assert pixel_owner(torch.zeros(0, 2, 3)).tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert pixel_owner(torch.ones(300, 1, 1)).dtype == torch.int32  # more objects than uint8 holds
 
 
 def test_bad_input(fast_model, frames, stack):

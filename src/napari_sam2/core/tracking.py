@@ -25,7 +25,7 @@ from ..engine.track_cache import TrackCache
 from ..errors import InputError, translate_out_of_memory
 from ..models.loaded import DEFAULT_MODEL, get_model, preprocessing_for
 from .feature_store import precompute_features, shared_feature_cache
-from .frame_labels import FrameLabels, highest_logit_wins
+from .frame_labels import FrameLabels
 from .frames import StackFrames
 from .prompts import DIRECTIONS, EnginePrompt, Prompt, check_prompts_fit, group_prompts, prompt_list
 from .track_store import shared_track_cache
@@ -370,7 +370,8 @@ class TrackingSession:
 def _frame_labels(result: FrameResult, frame_size: tuple[int, int]) -> FrameLabels:
     """The result's masks cropped to the frame (the tracker sees a padded square when the preprocessing pads)."""
     h, w = frame_size
-    masks = highest_logit_wins(result.mask_logits[..., :h, :w].numpy())
+    owner = result.owner[:h, :w].numpy()  # the highest logit above 0 wins (frame_labels.highest_logit_wins)
+    masks = owner[None] == np.arange(1, len(result.obj_ids) + 1, dtype=owner.dtype)[:, None, None]
     return FrameLabels(int(result.frame_idx), tuple(int(i) for i in result.obj_ids), masks)
 
 
