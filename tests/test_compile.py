@@ -105,3 +105,23 @@ def test_the_command_line_compile_switch(monkeypatch):
     assert parser.parse_args(["segment", "x.tif", "--compile"]).compile is True
     assert parser.parse_args(["embed", "x.tif", "--compile"]).compile is True
     assert parser.parse_args(["segment", "x.tif"]).compile is False
+
+
+def test_a_backend_that_cannot_build_its_kernels_is_a_clear_error_before_anything_runs(monkeypatch):
+    import shutil
+
+    from napari_sam2 import DeviceError
+    from napari_sam2.engine import devices
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    model = build_mini_model()
+    with pytest.raises(DeviceError, match=r"needs a C\+\+ compiler.*without compiling \(no --compile"):
+        model.compile()
+    assert model.compiled is None and model.numerics == "cpu-float32"  # left as it was
+    assert model.compile(backend="eager").compiled["backend"] == "eager"  # a backend that builds nothing
+    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: None)
+    assert "needs Triton" in devices.compile_problem("cuda", "inductor")
+    assert devices.compile_problem("cuda", "eager") is None
+    monkeypatch.setenv("CXX", "/opt/my-g++")
+    assert "/opt/my-g++" in devices.compile_problem("cpu", "inductor")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
+import shutil
 
 import torch
 import torch.nn.functional as F
@@ -130,6 +132,27 @@ def interpolate(x: torch.Tensor, size=None, mode: str = "nearest", align_corners
         resized = F.interpolate(x.cpu(), size=size, mode=mode, align_corners=align_corners, antialias=antialias)
         return resized.to(x.device)
     return F.interpolate(x, size=size, mode=mode, align_corners=align_corners, antialias=antialias)
+
+
+CPP_COMPILERS = ("g++", "clang++", "c++", "cl")  # what inductor's CPU code is built with (CXX, if set, first)
+
+
+def compile_problem(device_type: str, backend: str) -> str | None:
+    """Why torch.compile with `backend` cannot work on a `device_type` device here, as a message that says what to
+    do; None when nothing is missing. Inductor builds C++ for a CPU and Triton kernels for CUDA: without them it would
+    fail at the first frame, deep inside the tracking."""
+    if backend != "inductor":
+        return None
+    if device_type == "cuda" and importlib.util.find_spec("triton") is None:
+        return ("torch.compile on a GPU needs Triton, which is not installed: install it (`pip install triton`, the "
+                "version your torch names), or run without compiling (no --compile, NAPARI_SAM2_COMPILE=0).")
+    if device_type == "cpu":
+        wanted = [os.environ["CXX"]] if os.environ.get("CXX") else list(CPP_COMPILERS)
+        if not any(shutil.which(name) for name in wanted):
+            return ("torch.compile on the CPU needs a C++ compiler, and none was found "
+                    f"({', '.join(wanted)}): install one (e.g. gcc, or Xcode's command line tools), or run without "
+                    "compiling (no --compile, NAPARI_SAM2_COMPILE=0).")
+    return None
 
 
 def release_device_memory(device: torch.device) -> None:

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 import xxhash
 from torch import nn
 
+from ..errors import DeviceError
 from .blocks import MLP, PositionEmbeddingSine, sine_pe_1d
 from .configs import ModelConfig
-from .devices import autocast_dtype, interpolate
+from .devices import autocast_dtype, compile_problem, interpolate
 from .hiera import Hiera
 from .image_encoder import FpnNeck, ImageEncoder
 from .mask_decoder import MaskDecoder, TwoWayTransformer
@@ -176,9 +177,13 @@ class Sam2Model(nn.Module):
 
         Compiled kernels fuse operations and round differently: outputs agree with the eager model's within rounding,
         not bit for bit, so results cached by one are not reused by the other (`numerics`). backend, mode:
-        torch.compile's ("inductor", and None, "max-autotune", ...)."""
+        torch.compile's ("inductor", and None, "max-autotune", ...). DeviceError where the backend cannot build its
+        kernels (no C++ compiler for a CPU, no Triton for CUDA: devices.compile_problem)."""
         if self.compiled is not None:
             return self
+        problem = compile_problem(self.device.type, backend)
+        if problem is not None:
+            raise DeviceError(problem)
         options = {"backend": backend, "mode": mode}
         self.image_encoder.compile(dynamic=False, **options)
         self.memory_encoder.compile(**options)
