@@ -87,8 +87,9 @@ def test_get_model_compiles_when_asked_or_when_the_environment_says(synthetic_ch
         monkeypatch.setenv("NAPARI_SAM2_COMPILE", "1")
         assert get_model(path, "cpu") is compiled and get_model(path, "cpu", compile=False) is plain
         monkeypatch.setenv("NAPARI_SAM2_COMPILE", "maybe")
-        with pytest.raises(InputError, match="NAPARI_SAM2_COMPILE must be 1 or 0"):
-            get_model(path, "cpu")
+        for compile in (None, True, False):  # a bad value is reported whatever overrides it
+            with pytest.raises(InputError, match=r"NAPARI_SAM2_COMPILE must be 1 \(compile\) or 0"):
+                get_model(path, "cpu", compile=compile)
     finally:
         clear_model_cache()
 
@@ -98,13 +99,14 @@ def test_the_command_line_compile_switch(monkeypatch):
 
     asked = []
     monkeypatch.setattr(cli, "_load_model", lambda name, device, quiet, compile: asked.append(compile))
-    cli._model_for(argparse.Namespace(model="m", device="cpu", quiet=True, fast=False, compile=True))
-    cli._model_for(argparse.Namespace(model="m", device="cpu", quiet=True, fast=False, compile=False))
-    assert asked == [True, None]  # None: as NAPARI_SAM2_COMPILE says
+    for compile in (True, False, None):
+        cli._model_for(argparse.Namespace(model="m", device="cpu", quiet=True, fast=False, compile=compile))
+    assert asked == [True, False, None]  # None: as NAPARI_SAM2_COMPILE says
     parser = cli.build_parser()
-    assert parser.parse_args(["segment", "x.tif", "--compile"]).compile is True
-    assert parser.parse_args(["embed", "x.tif", "--compile"]).compile is True
-    assert parser.parse_args(["segment", "x.tif"]).compile is False
+    for command in (["segment", "x.tif"], ["track", "x.tif", "--out", "tracks"], ["embed", "x.tif"]):
+        assert parser.parse_args([*command, "--compile"]).compile is True
+        assert parser.parse_args([*command, "--no-compile"]).compile is False
+        assert parser.parse_args(command).compile is None
 
 
 def test_a_backend_that_cannot_build_its_kernels_is_a_clear_error_before_anything_runs(monkeypatch):
@@ -116,7 +118,7 @@ def test_a_backend_that_cannot_build_its_kernels_is_a_clear_error_before_anythin
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     model = build_mini_model()
-    with pytest.raises(DeviceError, match=r"needs a C\+\+ compiler.*without compiling \(no --compile"):
+    with pytest.raises(DeviceError, match=r"needs a C\+\+ compiler.*without compiling \(--no-compile"):
         model.compile()
     assert model.compiled is None and model.numerics == "cpu-float32"  # left as it was
     assert model.compile(backend="eager").compiled["backend"] == "eager"  # a backend that builds nothing

@@ -135,7 +135,7 @@ def _model_for(args: argparse.Namespace):
     from ..engine.host_memory import tune_host_memory
 
     tune_host_memory()
-    model = _load_model(args.model, args.device, args.quiet, args.compile or None)  # None: as the environment says
+    model = _load_model(args.model, args.device, args.quiet, args.compile)  # None: as NAPARI_SAM2_COMPILE says
     if args.fast:
         from ..models.loaded import fast_variant
 
@@ -346,9 +346,10 @@ def _add_stack_options(command) -> None:
         help="a 512-px model input instead of 1024: about 5x quicker on a CPU, coarser masks (default: exact SAM2)",
     )
     command.add_argument(
-        "--compile", action="store_true",
-        help="compile the model with torch.compile (for GPUs: the first slice waits a minute or more; default: not, "
-             "or as NAPARI_SAM2_COMPILE says)",
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="compile the model with torch.compile: for GPUs (no quicker on a CPU); the first slice waits a minute or "
+             "so, and masks differ from uncompiled ones by rounding only (default: as NAPARI_SAM2_COMPILE says, 1 or "
+             "0; not compiled when it is unset)",
     )
     command.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -145,13 +145,13 @@ def compile_problem(device_type: str, backend: str) -> str | None:
         return None
     if device_type == "cuda" and importlib.util.find_spec("triton") is None:
         return ("torch.compile on a GPU needs Triton, which is not installed: install it (`pip install triton`, the "
-                "version your torch names), or run without compiling (no --compile, NAPARI_SAM2_COMPILE=0).")
+                "version your torch names), or run without compiling (--no-compile, or NAPARI_SAM2_COMPILE=0).")
     if device_type == "cpu":
         wanted = [os.environ["CXX"]] if os.environ.get("CXX") else list(CPP_COMPILERS)
         if not any(shutil.which(name) for name in wanted):
             return ("torch.compile on the CPU needs a C++ compiler, and none was found "
                     f"({', '.join(wanted)}): install one (e.g. gcc, or Xcode's command line tools), or run without "
-                    "compiling (no --compile, NAPARI_SAM2_COMPILE=0).")
+                    "compiling (--no-compile, or NAPARI_SAM2_COMPILE=0).")
     return None
 
 

@@ -32,13 +32,15 @@ def get_model(model=DEFAULT_MODEL, device="auto", fast: bool = False, compile: b
     An official model that is not downloaded yet is downloaded into the cache first. ``fast``: the same weights at a
     FAST_IMAGE_SIZE input (see ``fast_variant``). ``compile``: the model compiled with torch.compile
     (``Sam2Model.compile``: for GPUs; the first frame waits a minute or more for it); None: as the environment
-    variable NAPARI_SAM2_COMPILE says (1 or 0; default 0), which reaches the napari widget too.
+    variable NAPARI_SAM2_COMPILE says (1 or 0; default 0), which reaches the napari widget too; True or False
+    overrides it.
     """
     if fast:
         return fast_variant(get_model(model, device, compile=compile))
     if isinstance(model, Sam2Model):
         return model
-    compiled = compile_wanted() if compile is None else bool(compile)
+    wanted = compile_wanted()  # read (and checked) even when `compile` overrides it
+    compiled = wanted if compile is None else bool(compile)
     if not isinstance(model, (str, os.PathLike)):
         raise InputError(
             f"model must be a model name (e.g. {DEFAULT_MODEL!r}), a checkpoint path or a loaded model; "
@@ -73,7 +75,7 @@ def compile_wanted() -> bool:
         return False
     if text in ("1", "true", "yes", "on"):
         return True
-    raise InputError(f"NAPARI_SAM2_COMPILE must be 1 or 0; got {text!r}.")
+    raise InputError(f"NAPARI_SAM2_COMPILE must be 1 (compile) or 0 (do not); got {text!r}.")
 
 
 def fast_variant(model: Sam2Model) -> Sam2Model:
