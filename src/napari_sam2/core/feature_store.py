@@ -13,7 +13,6 @@ In-memory part: NAPARI_SAM2_FEATURE_CACHE_MB (default 2048 = 128 frames at 1024 
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -21,8 +20,7 @@ from typing import Iterator
 from ..engine.feature_cache import DEFAULT_MAX_BYTES, FeatureCache, encode_image, feature_key
 from ..engine.tensor_cache import nbytes
 from ..errors import InputError
-from ..models.registry import cache_dir
-from .tensor_store import ZarrTensorStore, size_limit
+from .tensor_store import ZarrTensorStore, cache_folder, placement, size_limit
 
 DEFAULT_DISK_BYTES = 20 << 30
 
@@ -30,8 +28,7 @@ DEFAULT_DISK_BYTES = 20 << 30
 def feature_cache_dir() -> Path:
     """The folder of the on-disk feature cache (not created here): NAPARI_SAM2_FEATURES, else ``features`` in the
     checkpoint cache (NAPARI_SAM2_CACHE)."""
-    override = os.environ.get("NAPARI_SAM2_FEATURES", "").strip()
-    return Path(override).expanduser() if override else cache_dir() / "features"
+    return cache_folder("NAPARI_SAM2_FEATURES", "features")
 
 
 def feature_store() -> ZarrTensorStore:
@@ -55,7 +52,7 @@ def shared_feature_cache() -> FeatureCache:
             _shared = FeatureCache(size_limit("NAPARI_SAM2_FEATURE_CACHE_MB", DEFAULT_MAX_BYTES), feature_store())
         else:
             store = feature_store()
-            if (store.folder, store.max_bytes) != (_shared.store.folder, _shared.store.max_bytes):  # env changed
+            if placement(store) != placement(_shared.store):  # the environment changed
                 _shared.store = store
         return _shared
 

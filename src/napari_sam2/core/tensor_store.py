@@ -29,6 +29,7 @@ import torch
 
 from ..engine.tensor_cache import nbytes
 from ..errors import InputError
+from ..models.registry import cache_dir
 
 STALE_WRITE_S = 3600  # a temporary folder this old is a write that was killed
 RECOUNT_S = 60.0  # how long a store trusts its count of the folder: other processes may write there too
@@ -246,6 +247,19 @@ def _finish_at_exit(store: ZarrTensorStore) -> None:
         (register or atexit.register)(finish)
     except RuntimeError:  # already exiting
         pass
+
+
+def cache_folder(variable: str, name: str) -> Path:
+    """A disk cache's folder (not created here): the environment variable `variable`, else `name` in the checkpoint
+    cache (NAPARI_SAM2_CACHE)."""
+    override = os.environ.get(variable, "").strip()
+    return Path(override).expanduser() if override else cache_dir() / name
+
+
+def placement(store: "ZarrTensorStore | None"):
+    """Where and how large a store is, (folder, max_bytes), or None for no store: a process-wide cache compares it to
+    follow the environment."""
+    return None if store is None else (store.folder, store.max_bytes)
 
 
 _UNITS = {"MiB": 1 << 20, "GiB": 1 << 30}

@@ -10,13 +10,11 @@ turns the cache off). On disk, written behind the tracking in a thread of its ow
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
 from ..engine.track_cache import DEFAULT_MAX_BYTES, TrackCache
-from ..models.registry import cache_dir
-from .tensor_store import ZarrTensorStore, size_limit
+from .tensor_store import ZarrTensorStore, cache_folder, placement, size_limit
 
 DEFAULT_DISK_BYTES = 4 << 30
 
@@ -27,18 +25,13 @@ _lock = threading.Lock()
 def track_cache_dir() -> Path:
     """The folder of the on-disk track cache (not created here): NAPARI_SAM2_TRACKS, else ``tracks`` in the
     checkpoint cache (NAPARI_SAM2_CACHE)."""
-    override = os.environ.get("NAPARI_SAM2_TRACKS", "").strip()
-    return Path(override).expanduser() if override else cache_dir() / "tracks"
+    return cache_folder("NAPARI_SAM2_TRACKS", "tracks")
 
 
 def track_store() -> ZarrTensorStore | None:
     """The on-disk track store as the environment sets it, or None where NAPARI_SAM2_TRACKS_MAX_GB is 0."""
     bound = size_limit("NAPARI_SAM2_TRACKS_MAX_GB", DEFAULT_DISK_BYTES, "GiB")
     return ZarrTensorStore(track_cache_dir(), bound, setting="NAPARI_SAM2_TRACKS", background=True) if bound else None
-
-
-def _where(store: ZarrTensorStore | None):
-    return None if store is None else (store.folder, store.max_bytes)
 
 
 def shared_track_cache() -> TrackCache:
@@ -49,6 +42,6 @@ def shared_track_cache() -> TrackCache:
         store = track_store()
         if _shared is None:
             _shared = TrackCache(size_limit("NAPARI_SAM2_TRACK_CACHE_MB", DEFAULT_MAX_BYTES), store)
-        elif _where(store) != _where(_shared.store):
+        elif placement(store) != placement(_shared.store):
             _shared.store = store
         return _shared
