@@ -27,6 +27,7 @@ from video_golden import GoldenFrames, run_calls  # noqa: E402  (the golden test
 
 from napari_sam2.engine import Tracker, load_model  # noqa: E402
 from napari_sam2.engine.checkpoints import at_image_size  # noqa: E402
+from napari_sam2.engine.devices import cpu_native_bf16  # noqa: E402
 from napari_sam2.engine.preprocess import model_input  # noqa: E402
 from napari_sam2.engine.synthetic_checkpoints import write_synthetic_checkpoint  # noqa: E402
 
@@ -76,15 +77,25 @@ def compare(side, gold, produced):
             "masks_compared": len(ious), "presence_agreement": round(float(agree), 4)}
 
 
+VARIANTS = {  # name -> (input size or None for the exact 1024, autocast dtype or None for float32)
+    "exact": (None, None),
+    "input": ("size", None),
+    "bf16": (None, torch.bfloat16),
+    "input+bf16": ("size", torch.bfloat16),
+}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--golden-dir", default=str(ROOT.parent / "shared" / "reference" / "golden"))
     ap.add_argument("--size", type=int, default=512, help="the fast input size (pixels)")
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "test-checkpoints"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"a comma-separated choice of {', '.join(VARIANTS)}")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    report = {"fast_image_size": args.size, "threads": args.threads, "scenarios": {}}
+    report = {"fast_image_size": args.size, "threads": args.threads, "cpu_native_bf16": cpu_native_bf16(),
+              "torch": torch.__version__, "scenarios": {}}
     for name in SCENARIOS:
         golden = Path(args.golden_dir)
         side = json.loads((golden / f"{name}.json").read_text())
@@ -94,14 +105,17 @@ def main():
         path = write_synthetic_checkpoint(side["config"], seed, Path(args.cache) / f"{side['config']}_seed{seed}.pt")
         exact = load_model(path, device="cpu")
         row = {}
-        for label, model, frames in (
-            ("exact", exact, GoldenFrames(gold["frames_u8"], side["video_hw"])),
-            ("fast", at_image_size(exact, args.size), ResizedFrames(gold["frames_u8"], side["video_hw"], args.size)),
-        ):
+        for label in args.variants.split(","):
+            size, dtype = VARIANTS[label]
+            model = at_image_size(exact, args.size if size else exact.image_size, precision=dtype)
+            frames = (ResizedFrames(gold["frames_u8"], side["video_hw"], args.size) if size
+                      else GoldenFrames(gold["frames_u8"], side["video_hw"]))
             start = time.perf_counter()
             produced = run_calls(Tracker(model, frames), side["calls"])
             row[label] = {"seconds": round(time.perf_counter() - start, 1), **compare(side, gold, produced)}
-        row["speedup"] = round(row["exact"]["seconds"] / row["fast"]["seconds"], 2)
+        if "exact" in row:
+            row["speedup"] = {label: round(row["exact"]["seconds"] / r["seconds"], 2)
+                              for label, r in row.items() if label != "exact"}
         report["scenarios"][name] = row
     print(json.dumps(report, indent=1))
 

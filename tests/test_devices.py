@@ -52,10 +52,24 @@ def test_bf16_on_gpus_that_compute_it_natively_fp16_on_older_ones_float32_elsewh
         devices.autocast_dtype(torch.device("cuda", 0))
 
 
-def test_autocast_on_cpu_changes_nothing():
-    with devices.autocast(torch.device("cpu")):
-        assert not torch.is_autocast_enabled("cpu")
-        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+def test_autocast_on_the_cpu_only_for_a_lower_precision():
+    for dtype in (None, torch.float32):
+        with devices.autocast(torch.device("cpu"), dtype):
+            assert not torch.is_autocast_enabled("cpu")
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with devices.autocast(torch.device("cpu"), torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_native_bfloat16_is_read_from_the_cpu_s_features(monkeypatch):
+    for avx512_bf16, amx, native in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        assert devices.cpu_native_bf16() is native
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")  # a torch without the check: no native bf16
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    assert devices.cpu_native_bf16() is False
 
 
 def test_mps_resizes_fall_back_to_the_cpu_on_an_older_torch_only():

@@ -46,7 +46,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .devices import autocast
 from .model import Sam2Model
 from .preprocess import model_coords, model_input
 
@@ -466,7 +465,7 @@ class AutomaticMaskGenerator:
         """One batched decoder call: coords (B, 1, 2) model pixels -> low-res logits (B, M, h, w), IoUs (B, M)."""
         model = self.model
         image_embed, high_res = features
-        with autocast(model.device):
+        with model.autocast():
             sparse, dense = model.sam_prompt_encoder(points=(coords, labels), boxes=None, masks=mask_input)
             low_res, ious, _, _ = model.sam_mask_decoder(
                 image_embed, model.sam_prompt_encoder.get_dense_pe(), sparse, dense,
@@ -478,7 +477,7 @@ class AutomaticMaskGenerator:
         model = self.model
         x0, y0, x1, y1 = crop_box
         crop_hw = (y1 - y0, x1 - x0)
-        with autocast(model.device):
+        with model.autocast():
             features = model.encode_image(model_input(image[:, y0:y1, x0:x1], model.image_size)[None])
         features = (model.features_without_memory(features), features.high_res)
         grid = self.point_grids[layer] * np.array([[crop_hw[1], crop_hw[0]]])

@@ -144,12 +144,15 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "auto",
     return model.to(target).eval()
 
 
-def at_image_size(model: Sam2Model, image_size: int) -> Sam2Model:
+def at_image_size(model: Sam2Model, image_size: int, precision: torch.dtype | None | str = "same") -> Sam2Model:
     """The same weights at another square input size S (pixels; a multiple of 64 keeps every feature grid whole), on
-    the same device, in eval mode. Hiera's position embeddings are interpolated to the new grid as the model runs
-    (bicubic, as Meta does for any input size), so a smaller S trades accuracy for speed: the encoder's cost falls
-    with S^2 and memory attention's with S^4."""
-    if image_size == model.image_size:
+    the same device, in eval mode, compiled if `model` is. Hiera's position embeddings are interpolated to the new
+    grid as the model runs (bicubic, as Meta does for any input size), so a smaller S trades accuracy for speed: the
+    encoder's cost falls with S^2 and memory attention's with S^4. precision: the new model's `Sam2Model.precision`
+    (an autocast dtype, or None for the device's policy); "same" keeps the model's. Returns `model` itself when
+    nothing changes."""
+    precision = model.precision if precision == "same" else precision
+    if image_size == model.image_size and precision == model.precision:
         return model
     if image_size < 64 or image_size % 64:
         raise InputError(f"image_size must be a multiple of 64 of at least 64 pixels; got {image_size}.")
@@ -157,4 +160,5 @@ def at_image_size(model: Sam2Model, image_size: int) -> Sam2Model:
     resized.load_state_dict(model.state_dict(), strict=True)
     resized.requires_grad_(False)
     resized = resized.to(model.device).eval()
+    resized.precision = precision
     return resized if model.compiled is None else resized.compile(**model.compiled)

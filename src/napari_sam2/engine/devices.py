@@ -1,6 +1,7 @@
 """Device choice and the precision policy: autocast on CUDA (bfloat16 where the GPU computes it natively, float16
 on older GPUs), float32 elsewhere. NAPARI_SAM2_PRECISION=float32 (or bfloat16, float16) overrides the choice on CUDA,
-e.g. to compare a GPU's results with the CPU's or with Meta's float32 outputs."""
+e.g. to compare a GPU's results with the CPU's or with Meta's float32 outputs. A model may also carry its own
+precision (Sam2Model.precision): fast mode runs bfloat16 on CPUs that compute it natively (cpu_native_bf16)."""
 
 from __future__ import annotations
 
@@ -98,12 +99,19 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if major >= NATIVE_BF16_CAPABILITY else torch.float16
 
 
-def autocast(device: torch.device, enabled: bool = True):
-    """Autocast in :func:`autocast_dtype` on CUDA (fused attention kernels, half the memory); nothing elsewhere."""
-    dtype = autocast_dtype(device) if enabled else None
-    if dtype is None:
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device`` (on CUDA: fused attention kernels, half the memory; on a CPU with native
+    bfloat16: AMX / AVX512-BF16 matrix products); nothing for None or float32."""
+    if dtype is None or dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX, e.g. Intel Sapphire Rapids,
+    AMD Zen 4), where they run several times faster than float32; elsewhere bfloat16 is emulated and slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private but long-standing (torch >= 2.1)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 # Apple MPS computes bicubic interpolation from torch 2.6 and antialiased interpolation from torch 2.7; with an older

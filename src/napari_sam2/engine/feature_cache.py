@@ -21,7 +21,6 @@ from typing import Optional
 import torch
 import xxhash
 
-from .devices import autocast
 from .host_memory import outside_heap
 from .tensor_cache import TensorCache, TensorStore
 
@@ -59,7 +58,7 @@ def encode_image(model, image: torch.Tensor, cache: Optional[FeatureCache] = Non
         entry = cache.get(key)
         if entry is not None:
             return model.features_from(entry)
-    with autocast(model.device):
+    with model.autocast():
         # non_blocking: a frame in page-locked memory (StackFrames(pin_memory=True)) uploads while the GPU works
         features = model.encode_image(image.to(model.device, torch.float32, non_blocking=True)[None]).map(outside_heap)
     if cache is not None:

@@ -3,8 +3,9 @@
 Attribute names are the official checkpoint's top-level key names. Tensors are batch
 first; the batch axis is the image for the image predictor and the object for the tracker.
 Shapes below are for a 1024-px model (S = image_size = 1024, image grid 64 x 64, low-res masks 256 x 256, C = d_model
-= 256, mem_dim = 64); they scale with image_size. Coordinates are (x, y) in model-input pixels. Under CUDA autocast
-tensors may come out bfloat16 (float16 on GPUs before Ampere, see devices.autocast_dtype); on CPU float32.
+= 256, mem_dim = 64); they scale with image_size. Coordinates are (x, y) in model-input pixels. Under autocast
+(`Sam2Model.autocast`) tensors may come out bfloat16 or float16: on CUDA (float16 on GPUs before Ampere, see
+devices.autocast_dtype), and on a CPU for a model given precision bfloat16 (fast mode); otherwise float32.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from ..errors import DeviceError
 from .blocks import MLP, PositionEmbeddingSine, sine_pe_1d
 from .configs import ModelConfig
-from .devices import autocast_dtype, compile_problem, interpolate
+from .devices import autocast, autocast_dtype, compile_problem, interpolate
 from .hiera import Hiera
 from .image_encoder import FpnNeck, ImageEncoder
 from .mask_decoder import MaskDecoder, TwoWayTransformer
@@ -145,6 +146,8 @@ class Sam2Model(nn.Module):
         if cfg.no_obj_embed_spatial:
             self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, mem_dim))
         self.compiled: dict | None = None  # the torch.compile options of `compile`, once compiled
+        # The autocast dtype this model runs in; None: the device's policy (devices.autocast_dtype), float32: none.
+        self.precision: torch.dtype | None = None
 
     @property
     def device(self) -> torch.device:
@@ -157,11 +160,22 @@ class Sam2Model(nn.Module):
         return self.config.image_size
 
     @property
+    def autocast_dtype(self) -> torch.dtype:
+        """The dtype the matrix products run in: `precision` if set, else the device's policy (bfloat16 or float16 on
+        CUDA, float32 elsewhere: devices.autocast_dtype)."""
+        dtype = self.precision if self.precision is not None else autocast_dtype(self.device)
+        return dtype or torch.float32
+
+    def autocast(self):
+        """The autocast context every forward pass of this model runs in (`autocast_dtype`; none for float32)."""
+        return autocast(self.device, self.autocast_dtype)
+
+    @property
     def numerics(self) -> str:
         """How this model computes, as far as that decides the bits of its outputs: the device type, the autocast
         precision and the torch.compile backend, e.g. "cpu-float32", "cuda-bfloat16-inductor". With `signature`,
         part of every cached result's key."""
-        dtype = str(autocast_dtype(self.device) or torch.float32).removeprefix("torch.")
+        dtype = str(self.autocast_dtype).removeprefix("torch.")
         if self.compiled is None:
             return f"{self.device.type}-{dtype}"
         mode = self.compiled["mode"]

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .devices import autocast
 from .model import Sam2Model
 from .preprocess import model_coords, model_input
 
@@ -60,7 +59,7 @@ class ImagePredictor:
     def set_model_input(self, model_input: torch.Tensor, original_size: tuple[int, int]) -> None:
         """A preprocessed float32 (3, S, S) model input (preprocess.model_input) of an image whose original size is
         (H, W) pixels."""
-        with autocast(self.device):
+        with self.model.autocast():
             features = self.model.encode_image(model_input[None].to(self.device))
         self._features = {
             "image_embed": self.model.features_without_memory(features),
@@ -122,7 +121,7 @@ class ImagePredictor:
             raise InputError("No image set: call set_image(image) before predict().")
         coords, labels, mask = self._prompt_tensors(point_coords, point_labels, box, mask_input)
         model = self.model
-        with autocast(self.device):
+        with self.model.autocast():
             sparse, dense = model.sam_prompt_encoder(
                 points=None if coords is None else (coords, labels), boxes=None, masks=mask
             )

@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .devices import autocast
 from .feature_cache import FeatureCache, encode_image, feature_key
 from .host_memory import outside_heap, release_freed_host_memory
 from .memory_bank import AttendedMemory, gather_memory
@@ -179,7 +178,7 @@ class Tracker:
         prev_logits = None if prev is None else torch.clamp(prev.pred_masks.to(self.device), -32.0, 32.0)
 
         features = self._frame_features(frame_idx)
-        with autocast(self.device):
+        with self.model.autocast():
             pix = self._conditioned_features(obj, features, frame_idx, is_init, reverse)
             image = self._decoder_image(frame_idx, pix) if is_init and prev_logits is None else None
             multimask = self._use_multimask(point_labels.shape[1])
@@ -199,7 +198,7 @@ class Tracker:
         is_init = frame_idx not in obj.tracked
         temp = obj.temp_cond if is_init else obj.temp_non_cond
         features = self._frame_features(frame_idx)
-        with autocast(self.device):
+        with self.model.autocast():
             out = self.model.decode_mask_prompt(features.vision, features.high_res, mask)
         temp[frame_idx] = self._compact(out, 0)
         return self._consolidated_result(frame_idx, is_cond=is_init)
@@ -226,7 +225,7 @@ class Tracker:
         obj.temp_non_cond.pop(frame_idx, None)
         features = self._frame_features(frame_idx)
         mask_logits = None
-        with autocast(self.device):
+        with self.model.autocast():
             if mask is not None:
                 out = self.model.decode_mask_prompt(features.vision, features.high_res, mask)
                 # The clicks' mask input is the mask's output as stored (hole-filled), as Meta takes it.
@@ -493,12 +492,12 @@ class Tracker:
         outputs = {}
         first = None
         if len(groups) > 1:  # objects tracked one by one: the frame-only part of the attention is done once
-            with autocast(self.device):
+            with self.model.autocast():
                 first = self.model.first_self_attention(features)
         for group in groups.values():
             mems = [memories[obj.obj_id] for obj in group]
             batch = features.expand(len(group))
-            with autocast(self.device):
+            with self.model.autocast():
                 memory, memory_pos = torch.cat([m.tokens for m in mems]), torch.cat([m.pos for m in mems])
                 pix = self.model.condition_on_memory(batch, memory, memory_pos, mems[0].num_ptr_tokens, first=first)
                 out = self.model.decode(pix, batch.high_res, multimask_output=self._use_multimask(0))
@@ -554,7 +553,7 @@ class Tracker:
         features = self._frame_features(frame_idx)
         size = self.model.image_size
         high_res = F.interpolate(out.pred_masks.to(self.device), size=(size, size), mode="bilinear", align_corners=False)
-        with autocast(self.device):
+        with self.model.autocast():
             maskmem, pos = self.model.encode_memory(features, high_res, out.object_score_logits.to(self.device),
                                                     binarize=self.model.config.binarize_mask_from_pts_for_mem_enc)
         self._remember_pos(pos)
