@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tracker_benchmark import SyntheticFrames, checkpoint, peak_rss_mib  # noqa: E402
 
 from napari_sam2.engine import Tracker, get_config, load_model  # noqa: E402
-from napari_sam2.engine.devices import autocast_dtype, resolve_device  # noqa: E402
+from napari_sam2.engine.devices import PRECISIONS, autocast_dtype, resolve_device  # noqa: E402
 from napari_sam2.engine.feature_cache import FeatureCache, encode_image  # noqa: E402
 from napari_sam2.engine.host_memory import tune_host_memory  # noqa: E402
 from napari_sam2.engine.track_cache import TrackCache  # noqa: E402
@@ -90,6 +90,7 @@ class Ours:
         self.device = resolve_device(args.device)
         self.model = load_model(checkpoint(args.variant, args.cache), device=self.device,
                                 config=get_config(args.variant).with_(image_size=args.image_size))
+        self.model.precision = PRECISIONS[args.precision] if args.precision != "auto" else None
         self.frames = frames
         self.cache = FeatureCache(args.cache_mb << 20)
         self.tracks = TrackCache(args.cache_mb << 20)
@@ -234,6 +235,10 @@ def main():
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--objects", type=lambda s: [int(v) for v in s.split(",")], default=[1, 8],
                     help="object counts, e.g. 1,8")
+    ap.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
+                    help="our model's autocast precision (Sam2Model.precision; auto: the device's policy, float32 on a "
+                         "CPU); e.g. bfloat16 with --image-size 512 on a CPU is fast mode on a CPU with native bf16. "
+                         "Meta's side keeps the device's policy")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--click-repeats", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
@@ -250,10 +255,11 @@ def main():
     if args.reference:
         sides.append(Meta(args, frames))
     figures = measure(sides, args)
-    precision = autocast_dtype(device)
     report = {
         "variant": args.variant, "image_size": args.image_size, "frames": args.frames, "objects": args.objects,
-        "device": str(device), "precision": str(precision or torch.float32).removeprefix("torch."),
+        "device": str(device), "precision": str(sides[0].model.autocast_dtype).removeprefix("torch."),
+        "meta_precision": (str(autocast_dtype(device) or torch.float32).removeprefix("torch.") if args.reference
+                           else None),
         "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
         "repeats": args.repeats, **figures,
         "peak_host_mib": round(peak_rss_mib(), 1),

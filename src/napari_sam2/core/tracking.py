@@ -73,8 +73,8 @@ class TrackingSession:
     process-wide cache (core.track_store.shared_track_cache), so a run with the same prompts on the same frames, in
     this session or another, replays what was tracked instead of tracking it again (a second run, an object added
     to others already tracked); None for none.
-    ``fast``: the model at a 512-px input instead of 1024 (models.loaded.fast_variant): about 5x quicker on a CPU,
-    coarser masks.
+    ``fast``: the model at a 512-px input instead of 1024, in bfloat16 on a CPU with native bfloat16
+    (models.loaded.fast_variant): 6-15x quicker on a CPU, coarser masks.
     """
 
     def __init__(

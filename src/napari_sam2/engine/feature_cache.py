@@ -51,7 +51,7 @@ class FeatureCache(TensorCache):
 def encode_image(model, image: torch.Tensor, cache: Optional[FeatureCache] = None, key: Optional[str] = None,
                  to_store: Optional[bool] = None):
     """`model`'s FrameFeatures (batch of 1) of one model input `image` (3, S, S): from `cache` when it holds them
-    (under `key`, default `feature_key(model, image)`), else from the image encoder (under the device's autocast),
+    (under `key`, default `feature_key(model, image)`), else from the image encoder (under the model's autocast),
     then kept in `cache` (and in its store with `to_store`, default the cache's `write_store`)."""
     if cache is not None:
         key = feature_key(model, image) if key is None else key
