@@ -1,5 +1,9 @@
 """The tracker reproduces Meta's SAM2VideoPredictor on the golden video scenarios, call by call."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +21,29 @@ pytestmark = pytest.mark.golden
 # memory-conditioned features, and (obj_idx, frame) of a stored memory
 CAPTURE_MEMCOND = {"video_sam2.1_t": (2, 1, 0)}
 CAPTURE_MASKMEM = {"video_sam2.1_t": (0, 0), "video_sam2_t": (1, 0)}
+
+# The golden outputs were made with AVX2 float32 kernels. On a CPU with AVX512, oneDNN's kernels round differently, and
+# Meta's own code then leaves the tolerance on video_sam2_t exactly as far as ours does (call 3's logits: 0.015 % of
+# them off by more than 1e-3, where 0.01 % is allowed; ours and Meta's the same bits on that machine). So on such a CPU
+# these scenarios run in a child process whose oneDNN kernels are held to AVX2, the golden data's instruction set.
+REFERENCE_KERNELS = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def _beyond_reference_kernels() -> bool:
+    """Whether this process's float32 kernels may differ from the golden data's (a CPU beyond AVX2, not held to it)."""
+    held = all(os.environ.get(k) == v for k, v in REFERENCE_KERNELS.items())
+    return torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2") and not held
+
+
+def _run_in_reference_kernels(scenario, golden_dir):
+    """This module's test of `scenario` in a child pytest with REFERENCE_KERNELS; its failure is this test's."""
+    test = f"{__file__}::test_video_scenario_matches_reference[{scenario}]"
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "--golden-dir", str(golden_dir.resolve())],
+        env={**os.environ, **REFERENCE_KERNELS}, capture_output=True, text=True, timeout=1800,
+    )
+    assert child.returncode == 0, f"with {REFERENCE_KERNELS}:\n{child.stdout[-6000:]}\n{child.stderr[-2000:]}"
+    assert "1 passed" in child.stdout
 
 
 def _debug_capture(tracker, scenario):
@@ -64,6 +91,9 @@ def run_scenario(model, side, gold, scenario, **tracker_kwargs) -> dict:
 
 @pytest.mark.parametrize("scenario", ["video_sam2.1_t", "video_sam2_t"])
 def test_video_scenario_matches_reference(scenario, golden_dir, compare_module, synthetic_checkpoint, tmp_path):
+    if _beyond_reference_kernels():
+        _run_in_reference_kernels(scenario, golden_dir)
+        return
     torch.set_num_threads(2)
     side, gold = load_golden(golden_dir, scenario)
     model = load_model(synthetic_checkpoint(side["config"], side["checkpoint"]["seed"]), device="cpu")
