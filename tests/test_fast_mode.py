@@ -1,7 +1,6 @@
 """Fast mode: the same weights at a 512-px input, in bfloat16 on CPUs that compute it natively
-(models.loaded.fast_variant), from the API, the command line and the
-widget. Its speed-up and its deviation from exact SAM2 are measured by benchmarks/speed_benchmark.py and
-benchmarks/fast_mode_deviation.py, not here."""
+(models.loaded.fast_variant), from the API, the command line and the widget. Its speed-up and its deviation from
+exact SAM2 are measured by benchmarks/speed_benchmark.py and benchmarks/fast_mode_deviation.py, not here."""
 
 import argparse
 import weakref

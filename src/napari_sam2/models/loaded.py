@@ -85,9 +85,8 @@ def fast_variant(model: Sam2Model) -> Sam2Model:
     computes bfloat16 natively (AVX512-BF16 or AMX: devices.cpu_native_bf16) its matrix products in bfloat16. A
     model already that small (and on such a CPU already in bfloat16) is returned as it is. On a CPU a tracked frame
     takes a sixth to a seventh of the time at 512 px, and an eleventh to a fifteenth with bfloat16 as well (README,
-    "Benchmarks");
-    masks are coarser: thin or small structures (under ~8 pixels of a 1024-px frame) may be lost. Made once per
-    model, compiled if it is."""
+    "Benchmarks"); masks are coarser: thin or small structures (under ~8 pixels of a 1024-px frame) may be lost.
+    Made once per model, compiled if it is."""
     size = min(model.image_size, FAST_IMAGE_SIZE)
     precision = torch.bfloat16 if model.device.type == "cpu" and cpu_native_bf16() else model.precision
     if size == model.image_size and precision == model.precision:
