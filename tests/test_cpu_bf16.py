@@ -86,21 +86,31 @@ def test_automatic_masks_in_bfloat16_are_float32_s_masks(models):
     for cy, cx, r in ((30, 40, 15), (60, 90, 12), (70, 30, 9)):
         image[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 0.8
     image = np.repeat(image[..., None], 3, axis=2).astype(np.float32)
-    loose = dict(points_per_side=6, pred_iou_thresh=0.3, stability_score_thresh=0.3, stability_score_offset=0.1,
-                 mask_threshold=2.0)  # as tests/test_auto_masks.py: the random weights score low
-    want = AutomaticMaskGenerator(exact, **loose).generate(image)
-    got = AutomaticMaskGenerator(half, **loose).generate(image)
-    assert len(got) == len(want) >= 3  # seen: 5 and 5
-    by_point = {(a.point, a.crop_box): a for a in want}
-    common = [b for b in got if (b.point, b.crop_box) in by_point]
-    # the same candidates, in any order, but for one at most: of two near-twins, NMS may keep the other
-    assert len(common) >= len(want) - 1  # seen: 4 of 5
-    for b in common:
-        a = by_point[b.point, b.crop_box]
-        assert b.mask.dtype == bool and b.predicted_iou == pytest.approx(a.predicted_iou, abs=0.02)  # seen: 0.013
-    assert any(b.predicted_iou != by_point[b.point, b.crop_box].predicted_iou for b in common)  # bfloat16 indeed
-    # (the masks themselves are not compared: at these loose settings the random weights' masks are small shapes at
-    # a logit threshold their logits hover around)
+    # every filter off (the random weights' candidates sit near any threshold): every point's mask is compared
+    unfiltered = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0)
+    want = AutomaticMaskGenerator(exact, **unfiltered).generate(image)
+    got = AutomaticMaskGenerator(half, **unfiltered).generate(image)
+
+    def by_point(masks):
+        found = {}
+        for m in masks:
+            found.setdefault((m.point, m.crop_box), []).append(m)
+        return found
+
+    want_at, got_at = by_point(want), by_point(got)
+    assert len(want) >= 16 and want_at.keys() == got_at.keys()
+    assert all(len(got_at[k]) == len(want_at[k]) for k in want_at)
+    ious, iou_diffs = [], []
+    for key, masks in got_at.items():
+        for b in masks:  # each of a point's masks (one per multimask output) against float32's most like it
+            overlap = [(a.mask & b.mask).sum() / max((a.mask | b.mask).sum(), 1) for a in want_at[key]]
+            a = want_at[key][int(np.argmax(overlap))]
+            assert b.mask.dtype == bool
+            ious.append(max(overlap))
+            iou_diffs.append(abs(b.predicted_iou - a.predicted_iou))
+    # seen, natively and with oneDNN held to AVX2 (emulated bfloat16): predicted IoUs 0.014-0.016 apart at most,
+    # mask IoU 0.90 on average (the lowest, 0.15-0.24, for a mask of a few pixels)
+    assert 0 < max(iou_diffs) <= 0.05 and np.mean(ious) >= 0.8
 
 
 @pytest.mark.golden
