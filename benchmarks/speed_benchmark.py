@@ -90,7 +90,8 @@ class Ours:
         self.device = resolve_device(args.device)
         self.model = load_model(checkpoint(args.variant, args.cache), device=self.device,
                                 config=get_config(args.variant).with_(image_size=args.image_size))
-        self.model.precision = PRECISIONS[args.precision] if args.precision != "auto" else None
+        # an explicit dtype (float32 too: no autocast, even on a GPU); "auto" leaves the device's policy
+        self.model.precision = None if args.precision == "auto" else getattr(torch, args.precision)
         self.frames = frames
         self.cache = FeatureCache(args.cache_mb << 20)
         self.tracks = TrackCache(args.cache_mb << 20)
