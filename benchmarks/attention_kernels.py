@@ -1,8 +1,9 @@
-"""Where a tracked frame's time goes on a CPU, and why exact float32 cannot go much faster: the memory attention's
-cross-attention of one 64x64 frame (4096 queries, head dim 256, one head) to 1 and 7 memory frames (+ 64 object-pointer
-tokens), timed with PyTorch's fused kernel (`scaled_dot_product_attention`, the call both this engine and Meta's make),
+"""The memory attention's cross-attention on a CPU, where most of a tracked frame's time goes: one 64x64 frame
+(4096 queries, head dim 256, one head) attending to 1 and 7 memory frames (+ 64 object-pointer tokens), timed with
+PyTorch's fused kernel (`scaled_dot_product_attention`, Meta's call, and the engine's on GPUs and under autocast),
 against exact rewrites: explicit matmul + softmax + matmul in query blocks, and values kept at the 64-dim memory width
-with the value projection applied after attention (softmax rows sum to 1, so P (M W^T + b) = (P M) W^T + b).
+with the value projection applied after attention (softmax rows sum to 1, so P (M W^T + b) = (P M) W^T + b). The
+engine's CPU float32 path is the last: `blocks.attention_by_query_blocks` on the unprojected memory.
 
     python benchmarks/attention_kernels.py [--threads 2] [--repeats 3]
 
@@ -17,6 +18,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from napari_sam2.engine.blocks import attention_by_query_blocks
 
 N_QUERIES, HEAD_DIM, MEM_DIM, POINTER_TOKENS = 4096, 256, 64, 64
 
@@ -56,6 +59,7 @@ def main():
             "blocked_matmul": lambda: blocked(q, k, v),
             "fused_values_at_mem_dim": lambda: F.linear(F.scaled_dot_product_attention(q, k, memory), weight, bias),
             "blocked_values_at_mem_dim": lambda: F.linear(blocked(q, k, memory), weight, bias),
+            "engine_values_at_mem_dim": lambda: F.linear(attention_by_query_blocks(q, k, memory), weight, bias),
         }
         seconds = timed(lambda: F.scaled_dot_product_attention(q, k, v), args.repeats)
         case = {"keys": n_keys, "fused_s": round(seconds, 4),

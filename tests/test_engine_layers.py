@@ -160,3 +160,56 @@ def test_the_decoders_image_side_computed_once_serves_every_click_with_the_same_
                     assert torch.equal(getattr(fresh, name), getattr(reused, name)), name
         with pytest.raises(ValueError, match="mask_input"):
             model128.decode(image_embed, high_res, coords, labels, mask_input=torch.zeros(1, 1, 32, 32), image=side)
+
+
+@pytest.mark.parametrize("b, h, n, m, v_heads, block", [(1, 1, 64, 200, 1, 256), (2, 1, 70, 33, 1, 16),
+                                                         (2, 3, 40, 90, 3, 7), (1, 2, 5, 12, 1, 2)])
+def test_attention_by_query_blocks_is_scaled_dot_product_attention(b, h, n, m, v_heads, block):
+    """Blocks of queries (block sizes that divide N or not), heads, values shared by the heads or per head: the
+    fused kernel's result within float32 rounding."""
+    from napari_sam2.engine.blocks import attention_by_query_blocks
+
+    torch.manual_seed(0)
+    q, k = torch.randn(b, h, n, 32) * 3, torch.randn(b, h, m, 32) * 3  # peaked softmax rows too
+    v = torch.randn(b, v_heads, m, 8)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v.expand(b, h, m, 8))
+    out = attention_by_query_blocks(q, k, v, block=block)
+    assert out.shape == (b, h, n, 8)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_cross_attention_to_raw_values_matches_the_fused_kernel(num_heads, monkeypatch):
+    """The memory attention's cross-attention (64-dim memory, 256-dim heads for one head) attends to the memory itself
+    and projects afterwards on a float32 CPU: what projecting the values first and the fused kernel give, pointer
+    tokens (no RoPE) included."""
+    from napari_sam2.engine import blocks
+
+    torch.manual_seed(0)
+    attn = blocks.RoPEAttention(256, num_heads, rope_theta=10000.0, feat_sizes=(8, 8), rope_k_repeat=True,
+                                kv_in_dim=64)
+    for p in attn.parameters():
+        p.data.normal_(0, 0.1)
+    x, memory = torch.randn(2, 64, 256), torch.randn(2, 3 * 64 + 4, 64)
+    keys = memory + torch.randn_like(memory)
+    calls = []
+    real = blocks.attention_by_query_blocks
+    monkeypatch.setattr(blocks, "attention_by_query_blocks", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    with torch.no_grad():
+        late = attn(x, keys, memory, num_k_exclude_rope=4)
+        assert calls  # the raw-value path ran
+        monkeypatch.setattr(blocks, "_attends_raw_values", lambda q, v: False)
+        fused = attn(x, keys, memory, num_k_exclude_rope=4)
+    torch.testing.assert_close(late, fused, rtol=1e-4, atol=1e-5)
+
+
+def test_raw_values_only_where_they_pay_and_run_exactly():
+    """Float32 on the CPU with values narrower than a head; never under bfloat16 (autocast keeps the fused kernel),
+    nor where values are as wide as a head (self-attention)."""
+    from napari_sam2.engine.blocks import _attends_raw_values
+
+    q, narrow, wide = torch.zeros(1, 1, 4, 256), torch.zeros(1, 9, 64), torch.zeros(1, 9, 256)
+    assert _attends_raw_values(q, narrow)
+    assert not _attends_raw_values(q, wide)
+    assert not _attends_raw_values(q.bfloat16(), narrow.bfloat16())
+    assert not _attends_raw_values(q.to("meta"), narrow.to("meta"))

@@ -174,7 +174,10 @@ class RoPEAttention(Attention):
         self.register_buffer("rope_sin", rotation.imag.contiguous(), persistent=False)
 
     def forward(self, q, k, v, num_k_exclude_rope: int = 0):
-        q, k, v = self._project(q, k, v)
+        q = _split_heads(self.q_proj(q), self.num_heads)
+        k = _split_heads(self.k_proj(k), self.num_heads)
+        late_values = _attends_raw_values(q, v)
+        v = v.unsqueeze(1) if late_values else _split_heads(self.v_proj(v), self.num_heads)
         n_q = q.shape[-2]
         if self.rope_cos.shape[0] != n_q:
             side = math.isqrt(n_q)
@@ -186,8 +189,50 @@ class RoPEAttention(Attention):
             repeat = num_k_rope // n_q if self.rope_k_repeat else 1
             k_rot = apply_rope(k[:, :, :num_k_rope], cos, sin, repeat)
             k = torch.cat([k_rot, k[:, :, num_k_rope:]], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v)
+        if late_values:
+            out = _project_heads(attention_by_query_blocks(q, k, v), self.v_proj, self.num_heads)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(_merge_heads(out))
+
+
+def _attends_raw_values(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether to attend to the unprojected values (B, M, kv_in_dim) and project afterwards: exact, since softmax rows
+    sum to 1 (P (V W^T + b) = (P V) W^T + b), and cheaper where kv_in_dim is below the head width (the memory
+    attention's cross-attention: 64 against 256, a 4x smaller second product). Float32 on the CPU only, where the
+    matrix products of attention_by_query_blocks outrun the fused kernel (benchmarks/attention_kernels.py); CUDA,
+    MPS, autocast and compiled graphs keep the fused kernel."""
+    return (q.device.type == "cpu" and q.dtype == v.dtype == torch.float32 and v.shape[-1] < q.shape[-1]
+            and not torch.compiler.is_compiling())
+
+
+def attention_by_query_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v, as `scaled_dot_product_attention` (no mask, no dropout), a block of queries at a
+    time: two matrix products and an in-place softmax, so a score block (block, M) is the only transient.
+
+    q (B, H, N, d), k (B, H, M, d), v (B, 1 or H, M, c) -> (B, H, N, c). The 1 / sqrt(d) scale is applied to q (a
+    power of two for SAM2's head widths: the same bits as scaling the scores)."""
+    b, h, n, d = q.shape
+    q = q * d**-0.5
+    out = q.new_empty(b, h, n, v.shape[-1])
+    scores = q.new_empty(min(block, n), k.shape[-2])
+    for i in range(b):
+        for j in range(h):
+            keys_t, values = k[i, j].transpose(0, 1), v[i, j if v.shape[1] > 1 else 0]
+            for start in range(0, n, block):
+                s = torch.mm(q[i, j, start:start + block], keys_t, out=scores[: min(block, n - start)])
+                s.sub_(s.amax(-1, keepdim=True)).exp_()
+                torch.mm(s, values, out=out[i, j, start:start + block]).div_(s.sum(-1, keepdim=True))
+    return out
+
+
+def _project_heads(x: torch.Tensor, proj: nn.Linear, num_heads: int) -> torch.Tensor:
+    """A projection applied after attention to values attended unprojected: x (B, H, N, in) -> (B, H, N, dim / H),
+    head h taking its own rows of proj (as _split_heads(proj(v)) would give it)."""
+    if num_heads == 1:
+        return proj(x)
+    weight = proj.weight.view(num_heads, -1, proj.in_features)
+    return torch.matmul(x, weight.transpose(1, 2)) + proj.bias.view(num_heads, 1, -1)
 
 
 class PositionEmbeddingSine(nn.Module):
