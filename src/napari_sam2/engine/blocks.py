@@ -208,21 +208,22 @@ def _attends_raw_values(q: torch.Tensor, v: torch.Tensor) -> bool:
 
 def attention_by_query_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = 256) -> torch.Tensor:
     """softmax(q k^T / sqrt(d)) v, as `scaled_dot_product_attention` (no mask, no dropout), a block of queries at a
-    time: two matrix products and an in-place softmax, so a score block (block, M) is the only transient.
+    time: two matrix products and a softmax, through two (block, M) buffers allocated once.
 
     q (B, H, N, d), k (B, H, M, d), v (B, 1 or H, M, c) -> (B, H, N, c). The 1 / sqrt(d) scale is applied to q (a
     power of two for SAM2's head widths: the same bits as scaling the scores)."""
     b, h, n, d = q.shape
     q = q * d**-0.5
     out = q.new_empty(b, h, n, v.shape[-1])
-    scores = q.new_empty(min(block, n), k.shape[-2])
+    scores, weights = q.new_empty(min(block, n), k.shape[-2]), q.new_empty(min(block, n), k.shape[-2])
     for i in range(b):
         for j in range(h):
             keys_t, values = k[i, j].transpose(0, 1), v[i, j if v.shape[1] > 1 else 0]
             for start in range(0, n, block):
-                s = torch.mm(q[i, j, start:start + block], keys_t, out=scores[: min(block, n - start)])
-                s.sub_(s.amax(-1, keepdim=True)).exp_()
-                torch.mm(s, values, out=out[i, j, start:start + block]).div_(s.sum(-1, keepdim=True))
+                rows = min(block, n - start)
+                torch.mm(q[i, j, start:start + rows], keys_t, out=scores[:rows])
+                torch.softmax(scores[:rows], -1, out=weights[:rows])
+                torch.mm(weights[:rows], values, out=out[i, j, start:start + rows])
     return out
 
 
