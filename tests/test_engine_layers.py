@@ -213,3 +213,29 @@ def test_raw_values_only_where_they_pay_and_run_exactly():
     assert not _attends_raw_values(q, wide)
     assert not _attends_raw_values(q.bfloat16(), narrow.bfloat16())
     assert not _attends_raw_values(q.to("meta"), narrow.to("meta"))
+
+
+@pytest.mark.parametrize("channels_last_s1", [True, False])
+def test_mask_upscaling_from_channels_last_tokens_gives_metas_bits(model128, channels_last_s1):
+    """The decoder feeds its transposed convolutions the tokens' own channels-last layout: for one prompt set, exactly
+    what Meta's expression gives (its convolutions answer a batch of 1 in NCHW), whatever layout the high-res
+    features come in; in a batch of prompt sets (objects tracked together), each row gets the bits it gets alone
+    (Meta tracks objects one by one; the plain expression, whose first convolution answers a batch channels-last,
+    would sum the LayerNorm in another order)."""
+    decoder = model128.sam_mask_decoder
+    up1, norm1, act1, up2, act2 = decoder.output_upscaling
+    h = w = 16
+    src = torch.randn(3, h * w, 256)
+    feat_s1 = torch.randn(1, 64, 2 * h, 2 * w)
+    if channels_last_s1:  # as the image encoder hands them over
+        feat_s1 = feat_s1.contiguous(memory_format=torch.channels_last)
+    feat_s0 = torch.randn(1, 32, 4 * h, 4 * w)
+    with torch.no_grad():
+        alone = [decoder.upscale(src[i : i + 1], (h, w), (feat_s0, feat_s1)) for i in range(3)]
+        metas = [act2(up2(act1(norm1(up1(src[i : i + 1].transpose(1, 2).view(1, 256, h, w)) + feat_s1))) + feat_s0)
+                 for i in range(3)]
+        batch = decoder.upscale(src, (h, w), (feat_s0, feat_s1))
+    assert batch.is_contiguous()
+    for i in range(3):
+        assert torch.equal(alone[i], metas[i])
+        assert torch.equal(batch[i : i + 1], alone[i])
