@@ -200,17 +200,19 @@ class MaskDecoder(nn.Module):
         two transposed convolutions, each followed by the high-res features of its scale (batch 1 broadcasts over
         the prompt sets); LayerNorm and GELU after the first, GELU after the second (Meta's output_upscaling)."""
         # The convolutions' own kernels: a matrix product sums in another order, and that rounding, carried by the
-        # memory from frame to frame, leaves Meta's outputs (golden video tolerances). Fed channels-last, which the
-        # tokens already are, they skip a slow reorder of their input (the same bits, a click 1.1x quicker on a
-        # CPU). What follows each reads NCHW, as in Meta's code, whose convolutions answer its batch of 1 in NCHW:
-        # the channel LayerNorm sums in that order, and GELU's kernel differs in the last bit on another layout. A
-        # batch (objects tracked together) so gets each row's batch-of-1 bits.
+        # memory from frame to frame, leaves Meta's outputs (golden video tolerances). On a CPU they are fed
+        # channels-last, which the tokens already are: they skip a slow reorder of their input (the same bits, a
+        # click 1.1x quicker); other devices, where it was never measured, get NCHW. What follows each reads NCHW,
+        # as in Meta's code, whose convolutions answer its batch of 1 in NCHW: the channel LayerNorm sums in that
+        # order, and GELU's kernel differs in the last bit on another layout. A batch (objects tracked together)
+        # so gets each row's batch-of-1 bits.
         (h, w), (b, _, c) = hw, src.shape
-        src = src.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        layout = torch.channels_last if src.device.type == "cpu" else torch.contiguous_format
+        src = src.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=layout)
         up1, norm1, act1, up2, act2 = self.output_upscaling
         feat_s0, feat_s1 = high_res_features
         upscaled = activate_(act1, norm1(up1(src).contiguous().add_(feat_s1)))
-        upscaled = up2(upscaled.contiguous(memory_format=torch.channels_last))
+        upscaled = up2(upscaled.contiguous(memory_format=layout))
         return activate_(act2, upscaled.contiguous().add_(feat_s0))
 
     def _dynamic_multimask(self, all_masks, all_ious):
