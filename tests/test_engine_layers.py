@@ -203,7 +203,7 @@ def test_cross_attention_to_raw_values_matches_the_fused_kernel(num_heads, monke
     torch.testing.assert_close(late, fused, rtol=1e-4, atol=1e-5)
 
 
-def test_raw_values_only_where_they_pay_and_run_exactly():
+def test_raw_values_only_for_float32_cpu_values_narrower_than_a_head():
     """Float32 on the CPU with values narrower than a head; never under bfloat16 (autocast keeps the fused kernel),
     nor where values are as wide as a head (self-attention)."""
     from napari_sam2.engine.blocks import _attends_raw_values
