@@ -215,27 +215,98 @@ def test_raw_values_only_for_float32_cpu_values_narrower_than_a_head():
     assert not _attends_raw_values(q.to("meta"), narrow.to("meta"))
 
 
-@pytest.mark.parametrize("channels_last_s1", [True, False])
-def test_mask_upscaling_from_channels_last_tokens_gives_metas_bits(model128, channels_last_s1):
-    """The decoder feeds its transposed convolutions the tokens' own channels-last layout: for one prompt set, exactly
-    what Meta's expression gives (its convolutions answer a batch of 1 in NCHW), whatever layout the high-res
-    features come in; in a batch of prompt sets (objects tracked together), each row gets the bits it gets alone
-    (Meta tracks objects one by one; the plain expression, whose first convolution answers a batch channels-last,
-    would sum the LayerNorm in another order)."""
+@pytest.mark.parametrize("channels_last_features", [True, False])
+def test_mask_upscaling_in_the_feature_layout_is_metas_expression(model128, channels_last_features):
+    """The decoder upscales in MaskDecoder.feature_layout (channels-last on a CPU, the tokens' own layout), whatever
+    layout the high-res features come in: Meta's NCHW expression within float32 rounding; in a batch of prompt
+    sets (objects tracked together) each row gets the bits it gets alone."""
     decoder = model128.sam_mask_decoder
     up1, norm1, act1, up2, act2 = decoder.output_upscaling
     h = w = 16
+    torch.manual_seed(0)
     src = torch.randn(3, h * w, 256)
-    feat_s1 = torch.randn(1, 64, 2 * h, 2 * w)
-    if channels_last_s1:  # as the image encoder hands them over
-        feat_s1 = feat_s1.contiguous(memory_format=torch.channels_last)
-    feat_s0 = torch.randn(1, 32, 4 * h, 4 * w)
+    feat_s1, feat_s0 = torch.randn(1, 64, 2 * h, 2 * w), torch.randn(1, 32, 4 * h, 4 * w)
+    if channels_last_features:  # as Sam2Model keeps them
+        feat_s1, feat_s0 = (f.contiguous(memory_format=torch.channels_last) for f in (feat_s1, feat_s0))
     with torch.no_grad():
         alone = [decoder.upscale(src[i : i + 1], (h, w), (feat_s0, feat_s1)) for i in range(3)]
-        metas = [act2(up2(act1(norm1(up1(src[i : i + 1].transpose(1, 2).view(1, 256, h, w)) + feat_s1))) + feat_s0)
-                 for i in range(3)]
+        metas = [act2(up2(act1(norm1((up1(src[i : i + 1].transpose(1, 2).reshape(1, 256, h, w)) + feat_s1)
+                                     .contiguous()))) + feat_s0) for i in range(3)]
         batch = decoder.upscale(src, (h, w), (feat_s0, feat_s1))
-    assert batch.is_contiguous()
+    assert decoder.feature_layout(torch.device("cpu")) == torch.channels_last
+    assert batch.is_contiguous(memory_format=torch.channels_last)
     for i in range(3):
-        assert torch.equal(alone[i], metas[i])
+        torch.testing.assert_close(alone[i], metas[i], rtol=1e-5, atol=1e-5)
         assert torch.equal(batch[i : i + 1], alone[i])
+
+
+def test_model_keeps_high_res_features_in_the_decoders_layout(model128):
+    """Encoded or taken from a feature-cache entry (stored in any layout), the high-res features come in the layout
+    the decoder computes in: no reorder per decode."""
+    layout = model128.sam_mask_decoder.feature_layout(model128.device)
+    with torch.no_grad():
+        features = model128.encode_image(torch.randn(1, 3, 128, 128))
+        entry = tuple(t.contiguous() for t in model128.cacheable(features))  # as a plain NCHW store gives them back
+        again = model128.features_from(entry)
+    for fresh, loaded in zip(features.high_res, again.high_res):
+        assert fresh.is_contiguous(memory_format=layout) and loaded.is_contiguous(memory_format=layout)
+        assert torch.equal(fresh, loaded)
+
+
+def test_channel_layer_norm_of_a_channels_last_tensor_is_the_nchw_formula():
+    """LayerNorm2d on channels-last memory (one fused LayerNorm over the NHWC view) gives the NCHW formula's values
+    and keeps the layout; NCHW input takes the formula itself."""
+    from napari_sam2.engine.blocks import LayerNorm2d
+
+    torch.manual_seed(0)
+    norm = LayerNorm2d(64)
+    norm.weight.data.normal_(1, 0.2)
+    norm.bias.data.normal_(0, 0.2)
+    x = torch.randn(2, 64, 12, 10) * 3 + 1
+    with torch.no_grad():
+        nchw = norm(x)
+        cl = norm(x.contiguous(memory_format=torch.channels_last))
+        mean = x.mean(1, keepdim=True)
+        formula = (x - mean) / torch.sqrt((x - mean).pow(2).mean(1, keepdim=True) + norm.eps)
+        formula = norm.weight[:, None, None] * formula + norm.bias[:, None, None]
+    assert torch.equal(nchw, formula)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, nchw, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("b, heads, n, m, d", [(1, 8, 4096, 8, 16), (2, 8, 300, 7, 16), (3, 1, 65, 64, 32)])
+def test_attention_to_few_keys_is_scaled_dot_product_attention(b, heads, n, m, d):
+    """Keys-major attention (the decoder's image->token attention on a CPU): the fused kernel's result, heads
+    merged, within float32 rounding."""
+    from napari_sam2.engine.blocks import _merge_heads, attention_to_few_keys
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(b, heads, n, d) * 2, torch.randn(b, heads, m, d) * 2, torch.randn(b, heads, m, d)
+    expected = _merge_heads(torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    out = attention_to_few_keys(q, k, v)
+    assert out.shape == (b, n, heads * d)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_attention_takes_the_keys_major_path_only_for_few_keys_in_float32(monkeypatch):
+    """Attention uses attention_to_few_keys on a float32 CPU when the keys are few and the queries many (image to
+    prompt tokens), and the fused kernel otherwise (token to image, bfloat16): the same values either way."""
+    from napari_sam2.engine import blocks
+
+    torch.manual_seed(0)
+    attn = blocks.Attention(64, 4, downsample_rate=2)
+    calls = []
+    real = blocks.attention_to_few_keys
+    monkeypatch.setattr(blocks, "attention_to_few_keys", lambda *a: (calls.append(1), real(*a))[1])
+    image, tokens = torch.randn(1, 500, 64), torch.randn(1, 8, 64)
+    with torch.no_grad():
+        few = attn(image, tokens, tokens)
+        assert calls == [1]
+        attn(tokens, image, image)  # many keys
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            attn(image, tokens, tokens)
+        assert calls == [1]
+        monkeypatch.setattr(blocks, "FEW_KEYS", 0)
+        fused = attn(image, tokens, tokens)
+        assert calls == [1]
+    torch.testing.assert_close(few, fused, rtol=1e-5, atol=1e-5)

@@ -190,30 +190,33 @@ class MaskDecoder(nn.Module):
             [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
         )
         b, c, h, w = upscaled.shape
-        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        masks = (hyper_in @ upscaled.flatten(2)).view(b, -1, h, w)  # channels-last: a transposed operand, no copy
         iou_pred = self.iou_prediction_head(iou_token_out)
         object_score_logits = self.pred_obj_score_head(hs[:, 0, :])
         return masks, iou_pred, mask_tokens_out, object_score_logits
 
+    @staticmethod
+    def feature_layout(device: torch.device) -> torch.memory_format:
+        """The memory layout of the mask features on `device`: the high-res features (FrameFeatures.high_res) are
+        kept in it, and `upscale` computes in it. Channels-last on a CPU, where it was measured: the transposed
+        convolutions read the tokens, already channels-last, without a reorder, and the channel LayerNorm is one
+        fused pass (a click at 1024 px 1.3x quicker); NCHW elsewhere, as in Meta's code."""
+        return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+
     def upscale(self, src: torch.Tensor, hw: tuple[int, int], high_res_features) -> torch.Tensor:
-        """The image tokens src (B, h*w, C) after the transformer -> the mask features (B, C / 8, 4h, 4w), NCHW:
-        two transposed convolutions, each followed by the high-res features of its scale (batch 1 broadcasts over
-        the prompt sets); LayerNorm and GELU after the first, GELU after the second (Meta's output_upscaling)."""
+        """The image tokens src (B, h*w, C) after the transformer -> the mask features (B, C / 8, 4h, 4w) in
+        `feature_layout`: two transposed convolutions, each followed by the high-res features of its scale (batch 1
+        broadcasts over the prompt sets); LayerNorm and GELU after the first, GELU after the second (Meta's
+        output_upscaling)."""
         # The convolutions' own kernels: a matrix product sums in another order, and that rounding, carried by the
-        # memory from frame to frame, leaves Meta's outputs (golden video tolerances). On a CPU they are fed
-        # channels-last, which the tokens already are: they skip a slow reorder of their input (the same bits, a
-        # click 1.1x quicker); other devices, where it was never measured, get NCHW. What follows each reads NCHW,
-        # as in Meta's code, whose convolutions answer its batch of 1 in NCHW: the channel LayerNorm sums in that
-        # order, and GELU's kernel differs in the last bit on another layout. A batch (objects tracked together)
-        # so gets each row's batch-of-1 bits.
+        # memory from frame to frame, leaves Meta's outputs (golden video tolerances).
         (h, w), (b, _, c) = hw, src.shape
-        layout = torch.channels_last if src.device.type == "cpu" else torch.contiguous_format
+        layout = self.feature_layout(src.device)
         src = src.reshape(b, h, w, c).permute(0, 3, 1, 2).contiguous(memory_format=layout)
         up1, norm1, act1, up2, act2 = self.output_upscaling
-        feat_s0, feat_s1 = high_res_features
-        upscaled = activate_(act1, norm1(up1(src).contiguous().add_(feat_s1)))
-        upscaled = up2(upscaled.contiguous(memory_format=layout))
-        return activate_(act2, upscaled.contiguous().add_(feat_s0))
+        feat_s0, feat_s1 = (f.contiguous(memory_format=layout) for f in high_res_features)  # no-ops as kept
+        upscaled = activate_(act1, norm1(up1(src).add_(feat_s1)))
+        return activate_(act2, up2(upscaled.contiguous(memory_format=layout)).add_(feat_s0))
 
     def _dynamic_multimask(self, all_masks, all_ious):
         """Keep the single-mask output where it is stable, else the best of the 3 multimask outputs."""

@@ -33,7 +33,8 @@ MASK_INPUT_LOGIT_SCALE, MASK_INPUT_LOGIT_BIAS = 20.0, -10.0  # a mask prompt as 
 
 @dataclass
 class FrameFeatures:
-    """Image-encoder output of one frame (or a batch of frames), NCHW, on the model's device."""
+    """Image-encoder output of one frame (or a batch of frames), on the model's device: (B, C, H, W) tensors, NCHW
+    but for high_res, in the mask decoder's memory layout (MaskDecoder.feature_layout)."""
 
     vision: torch.Tensor  # (B, C, 64, 64) stride-16 features
     vision_pos: torch.Tensor  # (B, C, 64, 64) their sine position encoding
@@ -227,7 +228,7 @@ class Sam2Model(nn.Module):
         out = self.image_encoder(image)
         fpn = out["backbone_fpn"]
         high_res = (self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1]))
-        return FrameFeatures(fpn[-1], out["vision_pos_enc"][-1], high_res)
+        return FrameFeatures(fpn[-1], out["vision_pos_enc"][-1], self._mask_feature_layout(high_res))
 
     @staticmethod
     def cacheable(features: "FrameFeatures") -> tuple:
@@ -239,7 +240,13 @@ class Sam2Model(nn.Module):
         """FrameFeatures on this model's device from a feature-cache entry (`cacheable`)."""
         vision, *high_res = (t.to(self.device, non_blocking=True) for t in entry)
         pos = self.image_encoder.neck.position_encoding(vision)
-        return FrameFeatures(vision, pos, tuple(high_res))
+        return FrameFeatures(vision, pos, self._mask_feature_layout(high_res))
+
+    def _mask_feature_layout(self, high_res) -> tuple:
+        """The high-res features in the memory layout the mask decoder computes in (MaskDecoder.feature_layout):
+        reordered once per frame, not at every decode."""
+        layout = self.sam_mask_decoder.feature_layout(self.device)
+        return tuple(t.contiguous(memory_format=layout) for t in high_res)
 
     # ---- prompts -> masks ---------------------------------------------------------------
     def decode(self, image_embed: torch.Tensor, high_res: tuple, point_coords: torch.Tensor | None = None,
