@@ -491,7 +491,7 @@ class Tracker:
             groups.setdefault(key, []).append(obj)
         outputs = {}
         first = None
-        if len(groups) > 1:  # objects tracked one by one: the frame-only part of the attention is done once
+        if len(objects) > 1:  # the frame-only part of the attention, done once for all objects (batched or not)
             with self.model.autocast():
                 first = self.model.first_self_attention(features)
         for group in groups.values():
