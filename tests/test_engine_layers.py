@@ -95,6 +95,13 @@ def test_rope_complex_product_has_the_bits_of_the_real_arithmetic(dtype):
     pairs = keys.float().reshape(2, 1, 48, 16, 2)
     expected = rotate_pairs_real(pairs, cos.repeat(3, 1), sin.repeat(3, 1)).flatten(-2).to(dtype)
     assert out.dtype == dtype and torch.equal(out, expected)
+    # in place: float32 rotates in its own memory (the rest of the buffer untouched); bfloat16 gets a new tensor
+    buffer = keys._base.clone()
+    own = buffer[:, :, : 3 * 16]
+    rotated = apply_rope(own, cos, sin, repeat=3, inplace=True)
+    assert torch.equal(rotated, expected) and torch.equal(buffer[:, :, 48:], keys._base[:, :, 48:])
+    assert (rotated is own) == (dtype == torch.float32)
+    assert torch.equal(own, expected if dtype == torch.float32 else keys)
 
 
 def test_shared_first_self_attention_gives_the_same_bits(model128):
@@ -162,20 +169,38 @@ def test_the_decoders_image_side_computed_once_serves_every_click_with_the_same_
             model128.decode(image_embed, high_res, coords, labels, mask_input=torch.zeros(1, 1, 32, 32), image=side)
 
 
-@pytest.mark.parametrize("b, h, n, m, v_heads, block", [(1, 1, 64, 200, 1, 256), (2, 1, 70, 33, 1, 16),
-                                                         (2, 3, 40, 90, 3, 7), (1, 2, 5, 12, 1, 2)])
-def test_attention_by_query_blocks_is_scaled_dot_product_attention(b, h, n, m, v_heads, block):
-    """Blocks of queries (block sizes that divide N or not), heads, values shared by the heads or per head: the
-    fused kernel's result within float32 rounding."""
-    from napari_sam2.engine.blocks import attention_by_query_blocks
+@pytest.mark.parametrize("b, h, n, m, v_heads, query_block, key_block", [
+    (1, 1, 64, 200, 1, 1024, 512), (2, 1, 70, 33, 1, 16, 8), (2, 3, 40, 90, 3, 7, 13), (1, 2, 5, 12, 1, 2, 1),
+    (1, 1, 48, 300, 1, 48, 64)])
+def test_attention_by_tiles_is_scaled_dot_product_attention(b, h, n, m, v_heads, query_block, key_block):
+    """Tiles of queries and keys (sizes that divide N and M or not, one key a tile, one tile for all), heads, values
+    shared by the heads or per head: the fused kernel's result within float32 rounding."""
+    from napari_sam2.engine.blocks import attention_by_tiles
 
     torch.manual_seed(0)
     q, k = torch.randn(b, h, n, 32) * 3, torch.randn(b, h, m, 32) * 3  # peaked softmax rows too
     v = torch.randn(b, v_heads, m, 8)
     expected = torch.nn.functional.scaled_dot_product_attention(q, k, v.expand(b, h, m, 8))
-    out = attention_by_query_blocks(q, k, v, block=block)
+    out = attention_by_tiles(q, k, v, query_block=query_block, key_block=key_block)
     assert out.shape == (b, h, n, 8)
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_by_tiles_keeps_its_maximum_when_a_later_tile_dwarfs_an_earlier_one():
+    """The online softmax rescales what earlier tiles summed when a later tile holds a larger score, and never takes
+    exp of a large positive number: scores far beyond exp's float32 range (about 88) in the first or the last tile."""
+    from napari_sam2.engine.blocks import attention_by_tiles
+
+    torch.manual_seed(1)
+    q, k, v = torch.randn(1, 1, 6, 16), torch.randn(1, 1, 40, 16), torch.randn(1, 1, 40, 4)
+    for key in (0, 39):
+        k_big = k.clone()
+        k_big[0, 0, key] = q[0, 0, 2] * 200  # query 2's score to this key: about 200 * |q|^2 / 4
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k_big, v)
+        out = attention_by_tiles(q, k_big, v, query_block=4, key_block=8)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(out[0, 0, 2], v[0, 0, key], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("num_heads", [1, 2])
@@ -193,8 +218,8 @@ def test_cross_attention_to_raw_values_matches_the_fused_kernel(num_heads, monke
     x, memory = torch.randn(2, 64, 256), torch.randn(2, 3 * 64 + 4, 64)
     keys = memory + torch.randn_like(memory)
     calls = []
-    real = blocks.attention_by_query_blocks
-    monkeypatch.setattr(blocks, "attention_by_query_blocks", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    real = blocks.attention_by_tiles
+    monkeypatch.setattr(blocks, "attention_by_tiles", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     with torch.no_grad():
         late = attn(x, keys, memory, num_k_exclude_rope=4)
         assert calls  # the raw-value path ran

@@ -152,25 +152,30 @@ def axial_rope_angles(dim: int, end_x: int, end_y: int, theta: float = 10000.0):
     return torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)
 
 
-def apply_rope(x, cos, sin, repeat: int = 1):
-    """Rotate consecutive channel pairs of x (..., n, dim) by angles given as cos/sin (n / repeat, dim//2), repeated
-    `repeat` times along n, in float32 (under bf16 too, as Meta's code does).
+def apply_rope(x, cos, sin, repeat: int = 1, *, inplace: bool = False):
+    """Rotate consecutive channel pairs of x (..., repeat * n, dim) by angles given as cos/sin (n, dim//2), the same
+    rotations for each of the `repeat` runs of n along the token axis, in float32 (under bf16 too, as Meta's code does).
 
     A complex product, as in Meta's code (the same bits as the real arithmetic, in one kernel: 4x quicker on CPU);
     on MPS, where complex tensors are not fully supported, and in compiled code, which generates no kernels for
-    complex operators but fuses the real ones into one, the real arithmetic.
+    complex operators but fuses the real ones into one, the real arithmetic. The rotations broadcast over the runs
+    (never repeated in memory). inplace: rotate a float32 x in its own memory where the complex product runs (x is
+    returned; callers pass only buffers they own), else a new tensor.
     """
     dtype = x.dtype
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+    pairs = x.float().unflatten(-2, (repeat, -1)).unflatten(-1, (-1, 2))  # (..., repeat, n, dim//2, 2)
     if x.device.type == "mps" or torch.compiler.is_compiling():
-        return rotate_pairs_real(pairs, cos.repeat(repeat, 1), sin.repeat(repeat, 1)).flatten(-2).to(dtype)
-    rotation = torch.complex(cos, sin).repeat(repeat, 1)
-    return torch.view_as_real(torch.view_as_complex(pairs) * rotation).flatten(-2).to(dtype)
+        return rotate_pairs_real(pairs, cos, sin).flatten(-2).flatten(-3, -2).to(dtype)
+    rotation = torch.complex(cos, sin)
+    if inplace and dtype == torch.float32:
+        torch.view_as_complex(pairs).mul_(rotation)
+        return x
+    return torch.view_as_real(torch.view_as_complex(pairs) * rotation).flatten(-2).flatten(-3, -2).to(dtype)
 
 
 def rotate_pairs_real(pairs, cos, sin):
-    """(re, im) pairs (..., n, k, 2) rotated by cos/sin (n, k) with real arithmetic: (re cos - im sin, re sin + im cos),
-    the complex product's formula."""
+    """(re, im) pairs (..., n, k, 2) rotated by cos/sin (n, k), broadcast, with real arithmetic: (re cos - im sin,
+    re sin + im cos), the complex product's formula."""
     re, im = pairs[..., 0], pairs[..., 1]
     return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)
 
@@ -209,14 +214,16 @@ class RoPEAttention(Attention):
             side = math.isqrt(n_q)
             self._set_grid(side, side)
         cos, sin = self.rope_cos.to(q.device), self.rope_sin.to(q.device)
-        q = apply_rope(q, cos, sin)
+        q = apply_rope(q, cos, sin, inplace=True)  # both projections are fresh buffers of this call
         num_k_rope = k.shape[-2] - num_k_exclude_rope
         if num_k_rope > 0:
             repeat = num_k_rope // n_q if self.rope_k_repeat else 1
-            k_rot = apply_rope(k[:, :, :num_k_rope], cos, sin, repeat)
-            k = torch.cat([k_rot, k[:, :, num_k_rope:]], dim=2)
+            keys = k[:, :, :num_k_rope]
+            rotated = apply_rope(keys, cos, sin, repeat, inplace=True)
+            if rotated is not keys:  # rotated into a new tensor (bfloat16, MPS, compiled graphs)
+                k = torch.cat([rotated, k[:, :, num_k_rope:]], dim=2)
         if late_values:
-            out = _project_heads(attention_by_query_blocks(q, k, v), self.v_proj, self.num_heads)
+            out = _project_heads(attention_by_tiles(q, k, v), self.v_proj, self.num_heads)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(_merge_heads(out))
@@ -226,30 +233,51 @@ def _attends_raw_values(q: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether to attend to the unprojected values (B, M, kv_in_dim) and project afterwards: exact, since softmax rows
     sum to 1 (P (V W^T + b) = (P V) W^T + b), and cheaper where kv_in_dim is below the head width (the memory
     attention's cross-attention: 64 against 256, a 4x smaller second product). Float32 on the CPU only, where the
-    matrix products of attention_by_query_blocks outrun the fused kernel (benchmarks/attention_kernels.py); CUDA,
+    matrix products of attention_by_tiles outrun the fused kernel (benchmarks/attention_kernels.py); CUDA,
     MPS, autocast and compiled graphs keep the fused kernel."""
     return (q.device.type == "cpu" and q.dtype == v.dtype == torch.float32 and v.shape[-1] < q.shape[-1]
             and not torch.compiler.is_compiling())
 
 
-def attention_by_query_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v, as `scaled_dot_product_attention` (no mask, no dropout), a block of queries at a
-    time: two matrix products and a softmax, through two (block, M) buffers allocated once.
+def attention_by_tiles(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_block: int = 1024,
+                       key_block: int = 512) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v, as `scaled_dot_product_attention` (no mask, no dropout), in tiles of `query_block`
+    queries by `key_block` keys: matrix products and an online softmax, as flash attention computes it (Dao et al.,
+    2022) and as PyTorch's fused CPU kernel does. A tile's scores (2 MB) stay in the CPU's cache; a whole row of
+    scores (4096 queries to 7 x 4096 memory keys: 470 MB a call) would go to memory and back between the products.
+
+    For each block of queries and each tile of keys: scores s = q k^T, the running row maximum m grows to cover s,
+    p = exp(s - m), and the running sums l = sum(p) and o = p v are rescaled by exp(m_old - m) before p's share is
+    added; the result is o / l. The same value as the fused kernel within float32 rounding.
 
     q (B, H, N, d), k (B, H, M, d), v (B, 1 or H, M, c) -> (B, H, N, c). The 1 / sqrt(d) scale is applied to q (a
     power of two for SAM2's head widths: the same bits as scaling the scores)."""
     b, h, n, d = q.shape
+    m_keys = k.shape[-2]
     q = q * d**-0.5
     out = q.new_empty(b, h, n, v.shape[-1])
-    scores, weights = q.new_empty(min(block, n), k.shape[-2]), q.new_empty(min(block, n), k.shape[-2])
+    tile = q.new_empty(min(query_block, n), min(key_block, m_keys))
     for i in range(b):
         for j in range(h):
             keys_t, values = k[i, j].transpose(0, 1), v[i, j if v.shape[1] > 1 else 0]
-            for start in range(0, n, block):
-                rows = min(block, n - start)
-                torch.mm(q[i, j, start:start + rows], keys_t, out=scores[:rows])
-                torch.softmax(scores[:rows], -1, out=weights[:rows])
-                torch.mm(weights[:rows], values, out=out[i, j, start:start + rows])
+            for start in range(0, n, query_block):
+                rows = min(query_block, n - start)
+                queries, acc = q[i, j, start:start + rows], out[i, j, start:start + rows]
+                for first in range(0, m_keys, key_block):
+                    width = min(key_block, m_keys - first)
+                    scores = torch.mm(queries, keys_t[:, first:first + width], out=tile[:rows, :width])
+                    tile_max = scores.amax(-1, keepdim=True)
+                    if first == 0:
+                        row_max = tile_max
+                        row_sum = scores.sub_(row_max).exp_().sum(-1, keepdim=True)
+                        torch.mm(scores, values[:width], out=acc)
+                        continue
+                    new_max = torch.maximum(row_max, tile_max)
+                    rescale = (row_max - new_max).exp_()
+                    row_sum.mul_(rescale).add_(scores.sub_(new_max).exp_().sum(-1, keepdim=True))
+                    acc.mul_(rescale).addmm_(scores, values[first:first + width])
+                    row_max = new_max
+                acc.div_(row_sum)
     return out
 
 
