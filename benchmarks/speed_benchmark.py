@@ -19,6 +19,7 @@ Figures (seconds unless named otherwise; each the fastest of --repeats runs):
   (ours: the passes are replayed from the track cache; Meta computes everything again).
 - second_run_features_only_s_per_frame_<k>_obj: ours the same way without the track cache, the features from the
   feature cache (what a new process finds with the features on disk). Meta's figure for it is its second run.
+With --propagation-only, only propagate_s_per_frame_<k>_obj (the long figure of many objects over many frames).
 - peak_host_mib (VmHWM of the process: both implementations together with --reference) and peak_device_mib.
 With --reference, "speedup" holds Meta's figure / ours for each.
 
@@ -121,11 +122,14 @@ class Ours:
             tracker.add_prompt(0, obj_id, points=points, labels=[1])
         return tracker
 
-    def first_and_correction(self, n_obj):
+    def first_and_correction(self, n_obj, correct=True):
         self.cache.clear()
         self.tracks.clear()
         tracker = self._tracker(n_obj, self.tracks)
         t_first, n = timed(lambda: sum(1 for _ in tracker.propagate()))
+        if not correct:
+            tracker.close()
+            return t_first / n, None, None
         mid = len(self.frames) // 2
         tracker.add_prompt(mid, 1, points=correction_click(self.frames, 1, mid), labels=[1])
         t_re, frames_re = timed(lambda: len({r.frame_idx for r in tracker.repropagate()}))
@@ -193,9 +197,11 @@ class Meta:
             times.append(t)
         return statistics.median(times)
 
-    def first_and_correction(self, n_obj):
+    def first_and_correction(self, n_obj, correct=True):
         state = self._state(n_obj)
         t_first, n = timed(lambda: self._propagate(state))
+        if not correct:
+            return t_first / n, None, None
         mid = len(self.frames) // 2
         self._click(state, mid, 1, correction_click(self.frames, 1, mid))
         t_re, frames_re = timed(lambda: self._propagate(state))
@@ -218,6 +224,11 @@ def measure(sides, args):
             figures[side.name][key] = value if previous is None else min(previous, value)
 
     for _ in range(args.repeats):
+        if args.propagation_only:
+            for n_obj in args.objects:
+                record(f"propagate_s_per_frame_{n_obj}_obj",
+                       [side.first_and_correction(n_obj, correct=False)[0] for side in sides])
+            continue
         record("encoder_s_per_frame", [side.encoder() for side in sides])
         record("click_ms", [1000 * side.click(args.click_repeats) for side in sides])
         for n_obj in args.objects:
@@ -248,6 +259,8 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--cache-mb", type=int, default=4096, help="our feature cache's and track cache's memory (MiB)")
     ap.add_argument("--reference", action="store_true", help="also Meta's sam2 package, and the speed-ups")
+    ap.add_argument("--propagation-only", action="store_true",
+                    help="only the first propagation of each object count (no encoder, click, correction, second run)")
     ap.add_argument("--cache", default=os.environ.get("NAPARI_SAM2_TEST_CACHE",
                                                       str(Path(tempfile.gettempdir()) / "napari-sam2-bench")))
     args = ap.parse_args()
