@@ -158,14 +158,16 @@ def apply_rope(x, cos, sin, repeat: int = 1, *, inplace: bool = False):
 
     A complex product, as in Meta's code (the same bits as the real arithmetic, in one kernel: 4x quicker on CPU);
     on MPS, where complex tensors are not fully supported, and in compiled code, which generates no kernels for
-    complex operators but fuses the real ones into one, the real arithmetic. The rotations broadcast over the runs
-    (never repeated in memory). inplace: rotate a float32 x in its own memory where the complex product runs (x is
-    returned; callers pass only buffers they own), else a new tensor.
+    complex operators but fuses the real ones into one, the real arithmetic. The complex product broadcasts the
+    rotations over the runs (never repeated in memory); compiled graphs repeat them, so that the graph does not
+    depend on the number of runs. inplace: rotate a float32 x in its own memory where the complex product runs (x
+    is returned; callers pass only buffers they own), else a new tensor.
     """
     dtype = x.dtype
-    pairs = x.float().unflatten(-2, (repeat, -1)).unflatten(-1, (-1, 2))  # (..., repeat, n, dim//2, 2)
     if x.device.type == "mps" or torch.compiler.is_compiling():
-        return rotate_pairs_real(pairs, cos, sin).flatten(-2).flatten(-3, -2).to(dtype)
+        pairs = x.float().unflatten(-1, (-1, 2))
+        return rotate_pairs_real(pairs, cos.repeat(repeat, 1), sin.repeat(repeat, 1)).flatten(-2).to(dtype)
+    pairs = x.float().unflatten(-2, (repeat, -1)).unflatten(-1, (-1, 2))  # (..., repeat, n, dim//2, 2)
     rotation = torch.complex(cos, sin)
     if inplace and dtype == torch.float32:
         torch.view_as_complex(pairs).mul_(rotation)
@@ -174,8 +176,8 @@ def apply_rope(x, cos, sin, repeat: int = 1, *, inplace: bool = False):
 
 
 def rotate_pairs_real(pairs, cos, sin):
-    """(re, im) pairs (..., n, k, 2) rotated by cos/sin (n, k), broadcast, with real arithmetic: (re cos - im sin,
-    re sin + im cos), the complex product's formula."""
+    """(re, im) pairs (..., n, k, 2) rotated by cos/sin (n, k) with real arithmetic: (re cos - im sin, re sin + im cos),
+    the complex product's formula."""
     re, im = pairs[..., 0], pairs[..., 1]
     return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)
 
