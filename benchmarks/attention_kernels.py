@@ -3,7 +3,8 @@
 PyTorch's fused kernel (`scaled_dot_product_attention`, Meta's call, and the engine's on GPUs and under autocast),
 against exact rewrites: explicit matmul + softmax + matmul in query blocks, and values kept at the 64-dim memory width
 with the value projection applied after attention (softmax rows sum to 1, so P (M W^T + b) = (P M) W^T + b). The
-engine's CPU float32 path is the last: `blocks.attention_by_tiles` on the unprojected memory.
+engine's CPU float32 path is the last: `blocks.attention_by_tiles` (query x key tiles, online softmax) on the
+unprojected memory.
 
     python benchmarks/attention_kernels.py [--threads 2] [--repeats 3]
 
@@ -59,6 +60,8 @@ def main():
             "blocked_matmul": lambda: blocked(q, k, v),
             "fused_values_at_mem_dim": lambda: F.linear(F.scaled_dot_product_attention(q, k, memory), weight, bias),
             "blocked_values_at_mem_dim": lambda: F.linear(blocked(q, k, memory), weight, bias),
+            # whole rows of scores, 256 queries at a time: the engine's path before its query x key tiles
+            "rows_256_values_at_mem_dim": lambda: F.linear(blocked(q, k, memory, 256), weight, bias),
             "engine_values_at_mem_dim": lambda: F.linear(attention_by_tiles(q, k, memory), weight, bias),
         }
         seconds = timed(lambda: F.scaled_dot_product_attention(q, k, v), args.repeats)

@@ -19,9 +19,9 @@ Figures (seconds unless named otherwise; each the fastest of --repeats runs):
   (ours: the passes are replayed from the track cache; Meta computes everything again).
 - second_run_features_only_s_per_frame_<k>_obj: ours the same way without the track cache, the features from the
   feature cache (what a new process finds with the features on disk). Meta's figure for it is its second run.
-With --propagation-only, only propagate_s_per_frame_<k>_obj (the long figure of many objects over many frames).
 - peak_host_mib (VmHWM of the process: both implementations together with --reference) and peak_device_mib.
 With --reference, "speedup" holds Meta's figure / ours for each.
+With --propagation-only, only propagate_s_per_frame_<k>_obj (the long figure of many objects over many frames).
 
 The checkpoint is the deterministic synthetic one (napari_sam2.engine.synthetic_checkpoints): speed does not depend
 on the weights' values. Frames: drifting bright blobs (tracker_benchmark.SyntheticFrames), prepared before timing for
