@@ -264,17 +264,12 @@ def attention_by_tiles(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_
             keys_t, values = k[i, j].transpose(0, 1), v[i, j if v.shape[1] > 1 else 0]
             for start in range(0, n, query_block):
                 rows = min(query_block, n - start)
-                queries, acc = q[i, j, start:start + rows], out[i, j, start:start + rows]
+                queries, acc = q[i, j, start:start + rows], out[i, j, start:start + rows].zero_()
+                row_max, row_sum = q.new_full((rows, 1), -math.inf), q.new_zeros(rows, 1)
                 for first in range(0, m_keys, key_block):
                     width = min(key_block, m_keys - first)
                     scores = torch.mm(queries, keys_t[:, first:first + width], out=tile[:rows, :width])
-                    tile_max = scores.amax(-1, keepdim=True)
-                    if first == 0:
-                        row_max = tile_max
-                        row_sum = scores.sub_(row_max).exp_().sum(-1, keepdim=True)
-                        torch.mm(scores, values[:width], out=acc)
-                        continue
-                    new_max = torch.maximum(row_max, tile_max)
+                    new_max = torch.maximum(row_max, scores.amax(-1, keepdim=True))
                     rescale = (row_max - new_max).exp_()
                     row_sum.mul_(rescale).add_(scores.sub_(new_max).exp_().sum(-1, keepdim=True))
                     acc.mul_(rescale).addmm_(scores, values[first:first + width])
