@@ -16,7 +16,7 @@ from napari_sam2.api import (
 )
 from napari_sam2.core.frames import StackFrames
 from napari_sam2.engine import ImagePredictor, Tracker
-from napari_sam2.errors import InputError, SaturationWarning
+from napari_sam2.errors import InputError, PromptWarning, SaturationWarning
 
 FRAME = SMALL_STACK_FRAME  # the prompted frame
 
@@ -294,3 +294,25 @@ def test_session_retracks_only_from_a_corrected_frame(stack, fast_model, clicks)
         assert sorted(retracked) == sorted(fresh) == [0, 1, 2, 3]
         for frame in fresh:
             np.testing.assert_array_equal(retracked[frame], fresh[frame])
+
+
+def test_an_object_with_only_negative_clicks_on_a_frame_warns_and_is_still_segmented(stack, fast_model, clicks):
+    negative = Prompt(FRAME, 1, [clicks[0], (5, 5)], [0, 0])
+    with pytest.warns(PromptWarning) as caught:
+        labels = segment_stack(stack, [negative, Prompt(FRAME, 2, [clicks[1]])], model=fast_model)
+    assert [str(w.message) for w in caught if issubclass(w.category, PromptWarning)] == [
+        f"Object 1 has only negative clicks on frame {FRAME}: SAM2 needs a positive click (on the object) or a box "
+        "there to find it."
+    ]
+    assert labels.shape == stack.shape  # the prompts are used as given, as Meta's predictor takes them
+    with pytest.warns(PromptWarning, match="Object 3 has only negative clicks on frame 0"):
+        segment_image(stack[FRAME], [Prompt(0, 3, [clicks[0]], [0])], model=fast_model)
+
+    # a positive click, a box or a mask on the same frame, in the same or another Prompt: no warning
+    box = (0, 0, 20, 20)
+    mask = np.zeros(stack.shape[1:], bool)
+    mask[:8, :8] = True
+    for extra in (Prompt(FRAME, 1, [clicks[0]]), Prompt(FRAME, 1, box=box), Prompt(FRAME, 1, mask=mask)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PromptWarning)
+            segment_stack(stack, [negative, extra], model=fast_model, frame_range=(FRAME, FRAME))

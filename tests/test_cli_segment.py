@@ -405,7 +405,10 @@ def _bad_csv(path, text):
     [
         ("missing stack", "no such file"),
         ("missing prompts", "does not exist"),
-        ("no obj_id column", "no object id column"),
+        ("no obj_id column", "no obj_id column"),
+        ("no positive nor obj_id column", "no positive and no obj_id column"),
+        ("image axis", "y is an image or channel axis"),
+        ("output not a tiff", "is not a TIFF file name"),
         ("no coordinate columns", "no coordinate columns"),
         ("too few axis columns", "2 coordinate columns"),
         ("frame outside", "outside the stack's 4 slices"),
@@ -435,6 +438,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, stack, no_
         args[2] = tmp_path / "nope.csv"
     elif case == "no obj_id column":
         _bad_csv(prompts, "index,axis-0,axis-1,axis-2,positive\n0,2,40,50,True\n")
+    elif case == "no positive nor obj_id column":
+        _bad_csv(prompts, "index,axis-0,axis-1,axis-2\n0,2,40,50\n")
+    elif case == "image axis":
+        args += ["--axis", "y"]
+    elif case == "output not a tiff":
+        args[4] = tmp_path / "out.png"
     elif case == "no coordinate columns":
         _bad_csv(prompts, "index,a,b,c,positive,obj_id\n0,2,40,50,True,1\n")
     elif case == "too few axis columns":
@@ -478,6 +487,54 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, stack, no_
     assert message in one_error_line(stderr)
     assert stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_the_header_is_quoted_as_the_file_has_it(tmp_path, stack, no_model, capsys):
+    tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
+    _bad_csv(tmp_path / "s.csv", "index,axis-0,axis-1,axis-2,Positive\n0,2,40,50,True\n")
+    status, _, stderr = run([tmp_path / "s.tif"], capsys)
+    line = one_error_line(stderr)
+    assert status == 2 and "no obj_id column: expected obj_id (1, 2, ...;" in line  # "Positive" was found
+    assert "['index', 'axis-0', 'axis-1', 'axis-2', 'Positive']" in line
+
+
+def test_a_point_off_a_plain_image_names_no_made_up_axis(tmp_path, stack, no_model, capsys):
+    tifffile.imwrite(tmp_path / "s.tif", stack[0])  # no axes in the file: tifffile calls the added axis Q
+    _bad_csv(tmp_path / "s.csv", "index,axis-0,axis-1,axis-2,positive,obj_id\n0,2,40,50,True,1\n")
+    status, _, stderr = run([tmp_path / "s.tif"], capsys)
+    line = one_error_line(stderr)
+    assert status == 2 and "on axis 0, outside the stack's 1 slices" in line and "(Q)" not in line
+
+
+@pytest.mark.parametrize("value, message", [
+    ("500,100", "LOW must not be above HIGH, got '500,100': give 100,500"),
+    ("nan,100", "LOW and HIGH must be finite numbers"),
+    ("5", "expected LOW,HIGH (two numbers)"),
+    ("low,high", "expected numbers separated by commas"),
+])
+def test_a_bad_intensity_range_is_refused_before_anything_is_read(tmp_path, stack, no_model, capsys, value, message):
+    tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
+    _bad_csv(tmp_path / "s.csv", "index,axis-0,axis-1,axis-2,positive,obj_id\n0,2,40,50,True,1\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, stdout, stderr = run([tmp_path / "s.tif", "--intensity-range", value], capsys)
+    errors = [line for line in stderr.splitlines() if "error:" in line]
+    assert status == 2 and stdout == "" and len(errors) == 1
+    assert f"error: argument --intensity-range: {message}" in errors[0]
+    assert errors[0].count("--intensity-range") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_object_with_only_negative_clicks_is_segmented_with_one_warning_line(tmp_path, stack, use_fast_model, capsys):
+    tifffile.imwrite(tmp_path / "s.tif", stack, metadata={"axes": "ZYX"})
+    _bad_csv(tmp_path / "s.csv", "index,axis-0,axis-1,axis-2,positive,obj_id\n"
+                                 f"0,{FRAME},40,50,False,1\n1,{FRAME},60,70,False,1\n2,{FRAME},40,50,True,2\n")
+    status, stdout, stderr = run([tmp_path / "s.tif", "--quiet"], capsys)
+    assert status == 0, stderr
+    assert stderr.strip().splitlines() == [
+        f"napari-sam2: warning: {tmp_path / 's.tif'}: Object 1 has only negative clicks on frame {FRAME}: SAM2 needs a "
+        "positive click (on the object) or a box there to find it."
+    ]
+    assert (tmp_path / "s_labels.tif").is_file()
 
 
 def test_a_bad_stack_among_many_stops_everything_before_any_work(tmp_path, stack, no_model, capsys):

@@ -17,7 +17,7 @@ from .core.frame_labels import LABEL_DTYPE, FrameLabels, check_ids_fit
 from .core.frames import StackFrames
 from .core.image_segmenter import ImageSegmenter
 from .core.lineage import check_min_frames
-from .core.prompts import Prompt, check_prompts_fit, group_prompts, prompt_list
+from .core.prompts import Prompt, check_prompts_fit, group_prompts, prompt_list, warn_negative_only
 from .core.seeding import seed_prompts
 from .core.timelapse import (
     TimelapseTracks,
@@ -73,6 +73,7 @@ def segment_image(
     check_prompts_fit(prompts, 1, frames.original_size)
     check_ids_fit((prompt.obj_id for prompt in prompts), LABEL_DTYPE)  # label value = obj_id, exactly
     grouped = group_prompts(prompts, frames.original_size)
+    warn_negative_only(prompts)
 
     loaded = get_model(model, device, fast=fast)
     frames = _image_as_one_frame(
@@ -109,7 +110,8 @@ def stream_stack(
     then again, later, with every object (and an object's own first prompted frame comes again at the start of
     its backward pass). Each FrameLabels holds the final masks of the objects it names, so writing every one in
     turn gives the final labels. Stop iterating to cancel: what was produced stays valid. Bad input raises
-    InputError here, before any model is loaded.
+    InputError here, before any model is loaded; an object with only negative clicks on a frame (no positive click,
+    box or mask there) is tracked as given, with a :class:`napari_sam2.errors.PromptWarning`.
 
     - ``direction``: "both" (each object forward from its first prompted frame to the end, then backward from it
       to the start), "forward" (each object from its first prompted frame) or "backward" (each object from its
@@ -305,6 +307,7 @@ def all_prompts(prompts, seed_labels, seed_frame: int, n_frames: int, frame_size
     check_ids_fit((prompt.obj_id for prompt in prompts), LABEL_DTYPE)  # label value = obj_id, exactly
     if prompts:
         group_prompts(prompts, frame_size)  # one box and one mask per object and frame
+    warn_negative_only(prompts)
     return prompts
 
 

@@ -36,6 +36,11 @@ class SaturationWarning(UserWarning):
     nothing where the cells are. The message says how much and how to give the range instead."""
 
 
+class PromptWarning(UserWarning):
+    """Prompts SAM2 can make little of: an object with only negative clicks on a frame (no positive click, box or
+    mask there), where SAM2 has nothing to find it by. The message names the object and frame and what to add."""
+
+
 _GPU_ADVICE = (
     "Choose a smaller model (e.g. sam2.1_hiera_tiny), close other programs using the GPU, track fewer objects at "
     "once, or run on the CPU (device 'cpu'; on the command line --device cpu)."

@@ -48,7 +48,7 @@ import numpy as np
 from psygnal import Signal, SignalGroup
 
 from ..core.frame_labels import FrameLabels
-from ..core.prompts import Prompt
+from ..core.prompts import Prompt, negative_only_pairs, negative_only_text
 from ..errors import CheckpointError, InputError, Sam2Error
 from ..models import registry as models
 
@@ -544,12 +544,12 @@ class TrackingController:
 
     def _warn_negative_only(self, prompts, frame: int | None = None, obj_ids=None) -> None:
         """A warning per (slice, object) whose prompts there are only negative clicks: SAM2 finds nothing there."""
-        for (pair_frame, obj_id), _ in _negative_only_pairs(prompts).items():
+        for pair_frame, obj_id in negative_only_pairs(prompts):
             if frame is not None and pair_frame != frame:
                 continue
             if obj_ids is not None and obj_id not in obj_ids:
                 continue
-            self.events.warning.emit(negative_only_text(obj_id, pair_frame))
+            self.events.warning.emit(_negative_only_text(obj_id, pair_frame))
 
     # ---- the jobs, run by the runner (in a worker thread) ----
 
@@ -557,7 +557,7 @@ class TrackingController:
         session = yield from session_steps()
         yield _Started(LIVE if live else SLICE, 0, f"Segmenting slice {frame}")
         prompted = _pairs(prompts)
-        negative_only = set(_negative_only_pairs(prompts))
+        negative_only = set(negative_only_pairs(prompts))
         written_here = set()
         for update in prompt_updates(session, prompts):
             yield update
@@ -726,21 +726,8 @@ def _pairs(prompts) -> set[tuple[int, int]]:
     return {(prompt.frame, prompt.obj_id) for prompt in prompts}
 
 
-def _negative_only_pairs(prompts) -> dict[tuple[int, int], bool]:
-    """(frame, obj_id) pairs whose prompts are negative clicks only (no positive click, no box, no mask)."""
-    found: dict[tuple[int, int], bool] = {}
-    for prompt in prompts:
-        key = (prompt.frame, prompt.obj_id)
-        positive = prompt.box is not None or prompt.mask is not None or any(label == 1 for label in prompt.labels)
-        found[key] = found.get(key, False) or positive
-    return {key: True for key, has_positive in found.items() if not has_positive}
-
-
-def negative_only_text(obj_id: int, frame: int) -> str:
-    return (
-        f"Object {obj_id} has only negative clicks on slice {frame}: SAM2 needs a positive click (a plain click on "
-        "the object) or a box there to find it."
-    )
+def _negative_only_text(obj_id: int, frame: int) -> str:
+    return negative_only_text(obj_id, frame, frame_word="slice")
 
 
 def empty_mask_text(frame: int, obj_id: int) -> str:
@@ -757,7 +744,7 @@ def _empty_mask_warnings(update: FrameLabels, prompted, negative_only) -> Iterat
         if pair not in prompted or mask.any():
             continue
         if pair in negative_only:
-            yield _Warning(negative_only_text(obj_id, update.frame))
+            yield _Warning(_negative_only_text(obj_id, update.frame))
         else:
             yield _Warning(empty_mask_text(update.frame, obj_id))
 

@@ -9,12 +9,14 @@ stderr), 1 any other failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import sys
 import traceback
 import warnings
 
 from .. import __version__
-from ..errors import InputError, OutOfMemory, Sam2Error, SaturationWarning, translate_out_of_memory
+from ..errors import InputError, OutOfMemory, PromptWarning, Sam2Error, SaturationWarning, translate_out_of_memory
 from ..models import registry as models
 
 PROG = "napari-sam2"
@@ -111,21 +113,28 @@ def _add_models_commands(subparsers) -> None:
 # ---------------------------------------------------------------- segment
 
 
-def _comma_list(text: str, kind, what: str) -> list:
+# argparse names the option before these messages ("argument --channels: ...").
+def _comma_list(text: str, kind) -> list:
     try:
         return [kind(part) for part in text.replace(",", " ").split()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what}: expected numbers separated by commas, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 def _channel_list(text: str) -> list[int]:
-    return _comma_list(text, int, "--channels")
+    return _comma_list(text, int)
 
 
 def _intensity_range(text: str) -> list[float]:
-    values = _comma_list(text, float, "--intensity-range")
+    """LOW,HIGH: two finite numbers, LOW not above HIGH (checked here, before any stack is read)."""
+    values = _comma_list(text, float)
     if len(values) != 2:
-        raise argparse.ArgumentTypeError(f"--intensity-range: expected LOW,HIGH, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH (two numbers), got {text!r}")
+    low, high = values
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise argparse.ArgumentTypeError(f"LOW and HIGH must be finite numbers, got {text!r}")
+    if low > high:
+        raise argparse.ArgumentTypeError(f"LOW must not be above HIGH, got {text!r}: give {high:g},{low:g}")
     return values
 
 
@@ -201,8 +210,7 @@ def _segment_one(layout_only, model, args: argparse.Namespace) -> str | None:
 
     bar = None if args.quiet else models.TextProgressBar(layout_only.job.stack.name, unit="frames")
     reason = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SaturationWarning)
+    with _recorded_warnings() as caught:
         try:
             with translate_out_of_memory(getattr(model, "device", None)):
                 stack = files.with_pixels(layout_only)
@@ -225,14 +233,25 @@ def _failure_reason(error: Exception) -> str:
     return f"unexpected {type(error).__name__}: {error} (please report it)"
 
 
+@contextlib.contextmanager
+def _recorded_warnings():
+    """Warnings recorded for _report_warnings; ours every time they come (each run of a stack may warn)."""
+    with warnings.catch_warnings(record=True) as caught:
+        for category in (SaturationWarning, PromptWarning):
+            warnings.simplefilter("always", category)
+        yield caught
+
+
 def _report_warnings(stack, caught) -> None:
     """The first SaturationWarning of a stack as one line (a stack with further axes has several runs, each of
-    which may warn); any other warning as Python shows it."""
+    which may warn), each distinct PromptWarning as one line; any other warning as Python shows it."""
     saturation = [warning for warning in caught if issubclass(warning.category, SaturationWarning)]
     if saturation:
         _warning(f"{stack}: {saturation[0].message}")
+    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, PromptWarning)):
+        _warning(f"{stack}: {message}")
     for warning in caught:
-        if not issubclass(warning.category, SaturationWarning):
+        if not issubclass(warning.category, (SaturationWarning, PromptWarning)):
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
@@ -396,8 +415,7 @@ def _track_one(layout_only, model, args: argparse.Namespace, formats) -> str | N
         f"{layout_only.job.stack.name}: finding cells", unit="batches")
     auto_options = {name: getattr(args, name) for name in AUTO_OPTIONS if getattr(args, name) is not None} or None
     reason = None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SaturationWarning)
+    with _recorded_warnings() as caught:
         try:
             with translate_out_of_memory(getattr(model, "device", None)):
                 stack = files.with_pixels(layout_only)

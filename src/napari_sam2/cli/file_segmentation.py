@@ -23,7 +23,7 @@ from ..core.prompts import MAX_OBJ_ID, Prompt, check_prompts_fit
 from ..errors import InputError
 from ..io.permissions import as_created
 from ..io.prompt_files import Position, read_prompt_file
-from ..io.tiff import TiffStack, read_tiff, tiff_stem, write_labels_tiff
+from ..io.tiff import TiffStack, is_tiff, read_tiff, tiff_stem, write_labels_tiff
 
 DEFAULT_PROMPTS = ("{dir}/{stem}.csv", "{dir}/{stem}.json")
 DEFAULT_OUT = "{dir}/{stem}_labels.tif"
@@ -130,6 +130,11 @@ def plan_jobs(stacks: Sequence[Path], prompts: Sequence[str] | None, out: str | 
     seed_files = {file_identity(job.seed_labels): job.stack for job in jobs if job.seed_labels is not None}
     seen: dict[Path, Path] = {}
     for job in jobs:
+        if not is_tiff(job.out):  # the labels are TIFF: another extension would mislabel the file
+            raise InputError(
+                f"The output {job.out} is not a TIFF file name: segment writes label TIFFs, so end --out in .tif "
+                "(or in / for a folder)."
+            )
         identity = file_identity(job.out)
         if identity in inputs:
             raise InputError(f"The output {job.out} is one of the input stacks; choose another --out.")

@@ -262,6 +262,11 @@ def _frame_axis_by_letter(text: str, letters: str, candidates: list[int]) -> int
     unnamed = [index for index in candidates if letters[index] in UNNAMED_LETTERS]
     if letter in "ZT" and len(candidates) == 1 and unnamed:
         return unnamed[0]  # e.g. a plain 3D TIFF ("QYX"): its one unnamed axis is the z or t the user means
+    if letter in letters:
+        raise InputError(
+            f"{letter.lower()} is an image or channel axis of the stack (its axes are {letters}): SAM2 segments each "
+            f"frame in y and x; propagate along {_describe(letters, candidates)}."
+        )
     raise InputError(
         f"The stack has no {letter.lower()} axis to propagate along (its axes are {letters}); use "
         f"{_describe(letters, candidates)}."

@@ -8,13 +8,14 @@ may lie anywhere from -0.5 to size - 0.5 along each axis and still be on the ima
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, PromptWarning
 from ..numbers import whole_number
 
 # Where prompts are propagated to from their frames: both ways, to later frames only, or to earlier ones only.
@@ -169,6 +170,31 @@ def check_prompts_fit(prompts: Sequence[Prompt], n_frames: int, image_size: tupl
                 f"The mask of object {prompt.obj_id} on frame {prompt.frame} has shape {prompt.mask.shape}, but a frame "
                 f"is {height} x {width}: give a mask of one frame's size (for a label stack, take its slice)."
             )
+
+
+def negative_only_pairs(prompts: Iterable[Prompt]) -> list[tuple[int, int]]:
+    """The (frame, obj_id) pairs, in order, whose prompts there are negative clicks only (no positive click, no box,
+    no mask): SAM2 is told only where the object is not, and usually finds nothing there."""
+    positive: "OrderedDict[tuple[int, int], bool]" = OrderedDict()
+    for prompt in prompts:
+        key = (prompt.frame, prompt.obj_id)
+        marks = prompt.box is not None or prompt.mask is not None or any(label == 1 for label in prompt.labels)
+        positive[key] = positive.get(key, False) or marks
+    return [key for key, has_positive in positive.items() if not has_positive]
+
+
+def negative_only_text(obj_id: int, frame: int, frame_word: str = "frame") -> str:
+    return (
+        f"Object {obj_id} has only negative clicks on {frame_word} {frame}: SAM2 needs a positive click (on the "
+        "object) or a box there to find it."
+    )
+
+
+def warn_negative_only(prompts: Iterable[Prompt]) -> None:
+    """A PromptWarning for each (frame, object) with negative clicks only; the prompts are still used as given
+    (Meta's predictor accepts them too)."""
+    for frame, obj_id in negative_only_pairs(prompts):
+        warnings.warn(negative_only_text(obj_id, frame), PromptWarning, stacklevel=3)
 
 
 def prompt_list(prompts) -> list[Prompt]:

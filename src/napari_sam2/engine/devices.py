@@ -39,12 +39,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise DeviceError(
                 f"Device {device!r} was requested but PyTorch sees no CUDA GPU here "
-                f"(torch {torch.__version__}). Use device='auto' or 'cpu', or install a CUDA build of PyTorch."
+                f"(torch {torch.__version__}). Use the device 'auto' or 'cpu' (on the command line --device auto or "
+                "--device cpu), or install a CUDA build of PyTorch."
             )
         return _cuda_device(name)
     if name == "mps":
         if not _mps_available():
-            raise DeviceError("Device 'mps' was requested but Apple MPS is not available. Use 'auto' or 'cpu'.")
+            raise DeviceError(
+                "Device 'mps' was requested but Apple MPS is not available. Use the device 'auto' or 'cpu' (on the "
+                "command line --device auto or --device cpu)."
+            )
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")

@@ -23,7 +23,7 @@ import math
 import os
 from collections import defaultdict
 
-from ..core.axes import StackAxes
+from ..core.axes import UNNAMED_LETTERS, StackAxes
 from ..core.prompts import Prompt, object_id
 from ..errors import InputError
 
@@ -67,9 +67,9 @@ def _read_csv(path: str, axes: StackAxes) -> dict[Position, list[Prompt]]:
     if not rows:
         raise InputError("the file is empty; expected a header row and one row per point.")
     header = [_normalised(name) for name in rows[0]]
-    coordinate_columns, coordinate_axes = _coordinate_columns(header, axes)
-    polarity = _column(header, POLARITY_COLUMNS, "positive/negative", "positive (True / False)")
-    obj_id = _column(header, OBJ_ID_COLUMNS, "object id", "obj_id (1, 2, ...)")
+    shown = [name.strip() for name in rows[0]]  # messages quote the header as the file has it
+    coordinate_columns, coordinate_axes = _coordinate_columns(header, shown, axes)
+    polarity, obj_id = _point_columns(header, shown)
 
     grouped: dict[Position, list[Prompt]] = defaultdict(list)
     for line, row in enumerate(rows[1:], start=2):
@@ -92,13 +92,14 @@ def _read_csv(path: str, axes: StackAxes) -> dict[Position, list[Prompt]]:
     return grouped
 
 
-def _coordinate_columns(header: list[str], axes: StackAxes) -> tuple[list[int], list[int]]:
+def _coordinate_columns(header: list[str], shown: list[str], axes: StackAxes) -> tuple[list[int], list[int]]:
     """Columns holding coordinates and the stack axis each one is, for napari's ``axis-N`` or letter columns."""
     numbered = [column for column, name in enumerate(header) if name.startswith("axis_") and name[5:].isdigit()]
     if numbered:
         names = [header[column] for column in numbered]
         if names != [f"axis_{n}" for n in range(len(numbered))]:
-            raise InputError(f"the coordinate columns must be axis-0, axis-1, ... in order; found {names}.")
+            found = [shown[column] for column in numbered]
+            raise InputError(f"the coordinate columns must be axis-0, axis-1, ... in order; found {found}.")
         if len(numbered) == len(axes.shape):
             return numbered, list(range(len(axes.shape)))
         if len(numbered) == len(axes.label_axes):
@@ -116,7 +117,7 @@ def _coordinate_columns(header: list[str], axes: StackAxes) -> tuple[list[int], 
     if not set(_given_axes(axes)) <= found:
         raise InputError(
             "no coordinate columns: expected napari's axis-0, axis-1, ... (one per axis of the stack, "
-            f"{axes.letters}) or columns named {', '.join(axes.label_letters.lower())}; the header is {header}."
+            f"{axes.letters}) or columns named {', '.join(axes.label_letters.lower())}; the header is {shown}."
         )
     return [column for column, _ in lettered], [axis for _, axis in lettered]
 
@@ -128,14 +129,21 @@ def _given_axes(axes: StackAxes) -> list[int]:
     return [axis for axis in axes.label_axes if not (single_frame and axis == axes.frame_axis)]
 
 
-def _column(header: list[str], names: tuple[str, ...], what: str, expected: str) -> int:
-    for name in names:
-        if name in header:
-            return header.index(name)
-    raise InputError(
-        f"no {what} column: expected a column {expected}, as the napari-sam2 Points layer saves it "
-        f"(accepted names: {', '.join(names)}); the header is {header}."
-    )
+def _point_columns(header: list[str], shown: list[str]) -> tuple[int, int]:
+    """The positive/negative and object id columns; one InputError naming every one missing."""
+    found, missing = [], []
+    for names, values in ((POLARITY_COLUMNS, "True / False"), (OBJ_ID_COLUMNS, "1, 2, ...")):
+        column = next((header.index(name) for name in names if name in header), None)
+        found.append(column)
+        if column is None:
+            missing.append((names[0], f"{names[0]} ({values}; also accepted: {', '.join(names[1:])})"))
+    if missing:
+        raise InputError(
+            f"no {' and no '.join(name for name, _ in missing)} column: expected "
+            f"{'; '.join(text for _, text in missing)}, as the napari-sam2 Points layer saves them; the header is "
+            f"{shown}."
+        )
+    return found[0], found[1]
 
 
 def _number(text: str, where: str) -> float:
@@ -154,10 +162,15 @@ def _slice_index(value: float, axes: StackAxes, axis: int, line: int) -> int:
     size = axes.shape[axis]
     if not 0 <= index < size:
         raise InputError(
-            f"row {line}: the point lies at {value:g} on axis {axis} ({axes.letters[axis]}), outside the stack's "
+            f"row {line}: the point lies at {value:g} on axis {axis}{_named(axes.letters[axis])}, outside the stack's "
             f"{size} slices (0 to {size - 1}). Are these the prompts of this stack?"
         )
     return index
+
+
+def _named(letter: str) -> str:
+    """" (Z)" for an axis the file names; nothing for one it does not (tifffile's Q, I)."""
+    return "" if letter in UNNAMED_LETTERS else f" ({letter})"
 
 
 def _polarity(text: str, line: int) -> bool:
