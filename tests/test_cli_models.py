@@ -35,11 +35,11 @@ def test_list_shows_every_official_model_and_whether_it_is_cached(add_model, iso
     assert rows["test_model"][3] == "yes"
 
 
-def test_list_includes_registered_local_files(tmp_path, capsys):
+def test_list_includes_registered_local_files(tmp_path, capsys, synthetic_checkpoint):
     file = tmp_path / "mine.pt"
-    file.write_bytes(b"w")
+    file.write_bytes(synthetic_checkpoint("sam2.1_hiera_t", 0).read_bytes())
     assert cli.main(["models", "register", "mine", str(file)]) == 0
-    assert capsys.readouterr().out.strip() == f"registered mine: {file}"
+    assert capsys.readouterr().out.strip() == f"registered mine (sam2.1_hiera_t): {file}"
     assert cli.main(["models", "list"]) == 0
     row = capsys.readouterr().out.splitlines()[-1].split()
     assert row == ["mine", "-", "-", "local", str(file)]
@@ -89,6 +89,19 @@ def test_path_of_a_model_not_downloaded_exits_2_without_downloading(add_model, s
 def test_register_of_a_missing_file_exits_2(tmp_path, capsys):
     assert cli.main(["models", "register", "mine", str(tmp_path / "nope.pt")]) == 2
     assert "not an existing file" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"index,axis-0\n0,1\n", "is not a PyTorch checkpoint"),
+    (b"", "is empty"),
+])
+def test_register_of_a_file_that_is_no_checkpoint_exits_2_and_registers_nothing(tmp_path, capsys, content, message):
+    file = tmp_path / "prompts.csv"
+    file.write_bytes(content)
+    before = models.local_models()
+    assert cli.main(["models", "register", "mine", str(file)]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+    assert models.local_models() == before
 
 
 def test_unknown_model_exits_2_listing_valid_names(capsys):

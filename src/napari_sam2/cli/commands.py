@@ -78,8 +78,11 @@ def _models_path(args: argparse.Namespace) -> int:
 
 
 def _models_register(args: argparse.Namespace) -> int:
-    path = models.register_local(args.name, args.path)
-    print(f"registered {args.name}: {path}")
+    from ..models.loaded import checkpoint_variant  # torch: only for this command
+
+    variants = []  # a file that is no SAM2 checkpoint is refused now, not at its first use
+    path = models.register_local(args.name, args.path, check_file=lambda file: variants.append(checkpoint_variant(file)))
+    print(f"registered {args.name} ({variants[0]}): {path}")
     return EXIT_OK
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..engine import Sam2Model, load_model, resolve_device
-from ..engine.checkpoints import at_image_size
+from ..engine.checkpoints import at_image_size, detect_variant, read_state_dict
 from ..engine.devices import cpu_native_bf16, release_device_memory
 from ..engine.preprocess import Preprocessing, preprocessing_profile
 from ..errors import InputError
@@ -68,6 +68,12 @@ def get_model(model=DEFAULT_MODEL, device="auto", fast: bool = False, compile: b
             del evicted
             release_device_memory(device)
         return loaded
+
+
+def checkpoint_variant(path) -> str:
+    """The SAM2 variant of the checkpoint file at ``path`` (e.g. "sam2.1_hiera_t"), read without building a model;
+    CheckpointError saying what is wrong with a file that is not one (engine.checkpoints.read_state_dict)."""
+    return detect_variant(read_state_dict(path))
 
 
 def compile_wanted() -> bool:

@@ -266,8 +266,10 @@ def _find_local(name: str) -> Path | None:
     return None
 
 
-def register_local(name: str, path: str | os.PathLike) -> Path:
-    """Remember an existing checkpoint file under `name`, so `model_path(name)` finds it. Returns its absolute path."""
+def register_local(name: str, path: str | os.PathLike, check_file=None) -> Path:
+    """Remember an existing checkpoint file under `name`, so `model_path(name)` finds it. Returns its absolute path.
+    ``check_file(path)``, if given, is called on the file before it is registered and may raise (e.g.
+    ``models.loaded.checkpoint_variant``: the file must be a SAM2 checkpoint)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", name or ""):
         raise InputError(
             f"Invalid model name {name!r}: use letters, digits and . _ + - only, starting with a letter or digit."
@@ -281,6 +283,8 @@ def register_local(name: str, path: str | os.PathLike) -> Path:
     file = Path(path).expanduser().resolve()
     if not file.is_file():
         raise CheckpointError(f"{path} is not an existing file. Give the path of a SAM2 checkpoint (.pt) file.")
+    if check_file is not None:
+        check_file(file)
     entries = {key: str(value) for key, value in local_models().items() if key.lower() != name.lower()}
     entries[name] = str(file)
     registry = _registry_file()
